@@ -1,0 +1,64 @@
+// Gumbel noise shared by the CPU and CUDA kernels. Element e of a sample draws
+// from its own Philox subsequence e, so a sample depends only on the seed, the
+// offset and the element's index: the same on any number of threads.
+#pragma once
+
+#include <ATen/core/PhiloxRNGEngine.h>
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace pynas {
+
+// U in the open interval (0, 1): the top bits of the draw, shifted by half a
+// step, so U = 0 and U = 1 (which give infinite noise) cannot occur.
+C10_HOST_DEVICE inline float open_uniform(at::Philox4_32& rng, float) {
+  return (static_cast<float>(rng() >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
+}
+
+C10_HOST_DEVICE inline double open_uniform(at::Philox4_32& rng, double) {
+  const uint64_t hi = rng(), lo = rng();
+  const uint64_t bits = ((hi << 32) | lo) >> 12;  // 52 bits
+  return (static_cast<double>(bits) + 0.5) * 2.220446049250313e-16;  // 2^-52
+}
+
+C10_HOST_DEVICE inline float log_of(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double log_of(double x) { return ::log(x); }
+C10_HOST_DEVICE inline float exp_of(float x) { return ::expf(x); }
+C10_HOST_DEVICE inline double exp_of(double x) { return ::exp(x); }
+
+// G = -log(-log(U)), U ~ U(0, 1), in acc_t (float or double); `offset` counts
+// 128-bit Philox blocks.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t gumbel_noise(uint64_t seed, uint64_t element,
+                                          uint64_t offset) {
+  at::Philox4_32 rng(seed, element, offset);
+  const acc_t u = open_uniform(rng, acc_t{});
+  return -log_of(-log_of(u));
+}
+
+// exp((v - max) / tau) for the softmax; the maximum itself maps to exactly 1
+// (also when tau underflows in acc_t), so finite inputs never give NaN.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t scaled_exp(acc_t v, acc_t max, acc_t tau) {
+  const acc_t diff = v - max;
+  return diff == acc_t(0) ? acc_t(1) : exp_of(diff / tau);
+}
+
+// Softmax rows along `dim` of a contiguous tensor: row r holds the `size`
+// elements base(r) + d * stride, d < size.
+struct RowGeometry {
+  int64_t rows, size, stride;
+  C10_HOST_DEVICE int64_t base(int64_t r) const {
+    return (r / stride) * size * stride + r % stride;
+  }
+};
+
+// Checks shared by both devices.
+RowGeometry gumbel_geometry(const at::Tensor& logits, double tau, int64_t dim);
+RowGeometry gumbel_backward_geometry(const at::Tensor& grad, const at::Tensor& soft,
+                                     double tau, int64_t dim);
+
+}  // namespace pynas
