@@ -6,6 +6,7 @@ speed-up and the effective bandwidth: the bytes the operation must move at
 least, divided by the time, beside the same device's measured copy bandwidth.
 """
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -23,12 +24,39 @@ SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8)]
 QUICK_SHAPES = [(4, 8, 8, 8)]
 
 
+def keep_freed_memory():
+    """Stop glibc from returning freed blocks to the OS between iterations.
+
+    By default glibc trims and unmaps multi-MB blocks on free, so every
+    iteration page-faults its outputs back in, which on a small VM costs as
+    much as the kernels. jemalloc/tcmalloc (common for PyTorch on CPU) keep the
+    memory; this does the same for both the eager and the fused side.
+    Returns whether it applied (glibc only).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 40))
+    except (OSError, AttributeError):
+        return False
+
+
 def _time(fn, device, min_run_time):
     fn()  # warm-up (allocator, lazy init)
     if device == "cuda":
         torch.cuda.synchronize()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _time_pair(eager, fused, device, min_run_time, rounds=3):
+    """Medians of eager and fused, measured alternately; the best round of each,
+    so that drift on a shared machine does not favour either side."""
+    t_eager, t_fused = [], []
+    for _ in range(rounds):
+        t_eager.append(_time(eager, device, min_run_time))
+        t_fused.append(_time(fused, device, min_run_time))
+    return min(t_eager), min(t_fused)
 
 
 def copy_bandwidth(device, dtype, min_run_time, numel=1 << 24):
@@ -122,8 +150,7 @@ def run_device(device, dtype, quick, min_run_time):
     rows = []
     for op, shape, K, desc, factory in cases(quick):
         eager, fused, nbytes = factory(device, dtype)
-        t_eager = _time(eager, device, min_run_time)
-        t_fused = _time(fused, device, min_run_time)
+        t_eager, t_fused = _time_pair(eager, fused, device, min_run_time)
         rows.append(
             dict(op=op, shape=list(shape), K=K, variant=desc, eager_ms=t_eager * 1e3, fused_ms=t_fused * 1e3,
                  speedup=t_eager / t_fused, eager_gbps=nbytes / t_eager / 1e9, fused_gbps=nbytes / t_fused / 1e9,
@@ -164,7 +191,7 @@ def add_arguments(parser):
                         help="where to run (all: CPU, and CUDA when present)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], default="float32")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a smoke run")
-    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timing per measurement")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"),
                         help="folder for the JSON results ('' to skip writing)")
 
@@ -181,11 +208,12 @@ def run(args):
             raise SystemExit("pynas bench: --device cuda needs a GPU and pynas' CUDA kernels")
         devices.remove("cuda")
     dtype = getattr(torch, args.dtype)
+    kept = keep_freed_memory()
     stamp = datetime.datetime.now(datetime.timezone.utc)
     for device in devices:
         result = run_device(device, dtype, args.quick, args.min_run_time)
         result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
-                      quick=args.quick)
+                      quick=args.quick, glibc_keeps_freed_memory=kept)
         print(format_table(result), flush=True)
         if args.out:
             name = f"ops-{device}-{args.dtype}{'-quick' if args.quick else ''}-{stamp:%Y%m%d}.json"
