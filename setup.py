@@ -52,7 +52,7 @@ def _cuda_include_dirs():
 def extension():
     with_cuda = _with_cuda()
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    sources = rel("csrc/*.cpp") + rel("csrc/common/*.cpp") + rel("csrc/cpu/*.cpp")
+    sources = rel("csrc/*.cpp") + rel("csrc/common/*.cpp") + rel("csrc/cpu/*.cpp") + rel("csrc/autograd/*.cpp")
     cxx = ["-O3", "-std=c++17"]
     if not with_cuda:
         return cpp_extension.CppExtension("pynas._C", sources, extra_compile_args={"cxx": cxx})

@@ -122,24 +122,10 @@ def _gumbel_softmax_backward_fake(grad, soft, tau, dim):
 
 
 # ---------------------------------------------------------------------------
-# Autograd. Backward passes are pynas ops themselves, and differentiable in
-# turn (double backward), so the graph stays traceable and never silently wrong.
-
-
-def _mixed_sum_setup(ctx, inputs, output):
-    outputs, weights = inputs
-    ctx.save_for_backward(*outputs, weights)
-
-
-def _mixed_sum_backward(ctx, grad):
-    *outputs, weights = ctx.saved_tensors
-    need_outputs, need_weights = any(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    grad_outputs, grad_weights = _ops.mixed_sum_backward.default(grad, outputs, weights, need_outputs, need_weights)
-    # A Tensor[] input takes a list of (optional) gradients, never a bare None.
-    return (grad_outputs if need_outputs else [None] * len(outputs), grad_weights if need_weights else None)
-
-
-torch.library.register_autograd("pynas::mixed_sum", _mixed_sum_backward, setup_context=_mixed_sum_setup)
+# Autograd. The forward ops have C++ autograd kernels (csrc/autograd: a Python
+# autograd.Function per call would cost more than a small kernel). Their
+# backward passes are pynas ops, made differentiable here (double backward),
+# so the graph stays traceable and never silently wrong.
 
 
 def _mixed_sum_backward_setup(ctx, inputs, output):
@@ -170,46 +156,6 @@ def _mixed_sum_double_backward(ctx, grad_grad_outputs, grad_grad_weights):
 
 torch.library.register_autograd(
     "pynas::mixed_sum_backward", _mixed_sum_double_backward, setup_context=_mixed_sum_backward_setup
-)
-
-
-def _edge_cost_setup(ctx, inputs, output):
-    grad, outputs, per_sample = inputs
-    ctx.save_for_backward(grad, *outputs)
-
-
-def _edge_cost_backward(ctx, grad_cost):
-    # ∂C_k/∂grad = outputs[k] and ∂C_k/∂outputs[k] = grad: the same weighted
-    # sum and scaling that mixed_sum's forward and backward compute.
-    grad, *outputs = ctx.saved_tensors
-    grad_grad = _ops.mixed_sum.default(outputs, grad_cost) if ctx.needs_input_grad[0] else None
-    grad_outputs = [None] * len(outputs)
-    if any(ctx.needs_input_grad[1]):
-        grad_outputs, _ = _ops.mixed_sum_backward.default(grad, outputs, grad_cost, True, False)
-    return grad_grad, grad_outputs, None
-
-
-torch.library.register_autograd("pynas::edge_cost", _edge_cost_backward, setup_context=_edge_cost_setup)
-
-
-def _gumbel_softmax_setup(ctx, inputs, output):
-    _, tau, _, dim, _ = inputs
-    ctx.tau, ctx.dim = tau, dim
-    ctx.save_for_backward(output[1])
-
-
-def _gumbel_softmax_backward(ctx, grad_sample, grad_soft):
-    (soft,) = ctx.saved_tensors
-    # Straight-through: the sample's gradient is taken as the soft sample's.
-    grads = [g for g in (grad_sample, grad_soft) if g is not None]
-    if not grads:
-        return None, None, None, None, None
-    grad = grads[0] if len(grads) == 1 else grads[0] + grads[1]
-    return _ops.gumbel_softmax_backward.default(grad, soft, ctx.tau, ctx.dim), None, None, None, None
-
-
-torch.library.register_autograd(
-    "pynas::gumbel_softmax", _gumbel_softmax_backward, setup_context=_gumbel_softmax_setup
 )
 
 
