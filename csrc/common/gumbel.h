@@ -56,6 +56,61 @@ struct RowGeometry {
   }
 };
 
+template <typename acc_t, typename scalar_t>
+C10_HOST_DEVICE inline acc_t perturbed_logit(const scalar_t* logits, int64_t e, uint64_t seed,
+                                             uint64_t offset) {
+  return static_cast<acc_t>(logits[e]) + gumbel_noise<acc_t>(seed, e, offset);
+}
+
+// One softmax row of the sample: soft = softmax((logits + G) / tau) and the
+// sample (soft, or the exact one-hot argmax when hard). The noise is recomputed
+// on each pass rather than stored: it is a pure function of (seed, offset,
+// element), so rows need no scratch memory on either device.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void gumbel_softmax_row(const scalar_t* logits, scalar_t* soft,
+                                               scalar_t* sample, const RowGeometry& geo,
+                                               int64_t row, acc_t tau, bool hard,
+                                               uint64_t seed, uint64_t offset) {
+  const int64_t base = geo.base(row);
+  acc_t max = perturbed_logit<acc_t>(logits, base, seed, offset);
+  int64_t argmax = 0;
+  for (int64_t d = 1; d < geo.size; ++d) {
+    const acc_t v = perturbed_logit<acc_t>(logits, base + d * geo.stride, seed, offset);
+    if (v > max) max = v, argmax = d;
+  }
+  acc_t sum = 0;
+  for (int64_t d = 0; d < geo.size; ++d) {
+    sum += scaled_exp(perturbed_logit<acc_t>(logits, base + d * geo.stride, seed, offset),
+                      max, tau);
+  }
+  for (int64_t d = 0; d < geo.size; ++d) {
+    const int64_t e = base + d * geo.stride;
+    const acc_t s = scaled_exp(perturbed_logit<acc_t>(logits, e, seed, offset), max, tau) / sum;
+    soft[e] = static_cast<scalar_t>(s);
+    sample[e] = hard ? static_cast<scalar_t>(d == argmax ? 1 : 0) : static_cast<scalar_t>(s);
+  }
+}
+
+// One row of the backward: out = soft * (grad - sum(grad * soft)) / tau, the
+// softmax Jacobian of (logits + G) / tau (straight-through when hard).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void gumbel_softmax_backward_row(const scalar_t* grad,
+                                                        const scalar_t* soft, scalar_t* out,
+                                                        const RowGeometry& geo, int64_t row,
+                                                        acc_t inv_tau) {
+  const int64_t base = geo.base(row);
+  acc_t dot = 0;
+  for (int64_t d = 0; d < geo.size; ++d) {
+    const int64_t e = base + d * geo.stride;
+    dot += static_cast<acc_t>(grad[e]) * static_cast<acc_t>(soft[e]);
+  }
+  for (int64_t d = 0; d < geo.size; ++d) {
+    const int64_t e = base + d * geo.stride;
+    out[e] = static_cast<scalar_t>(static_cast<acc_t>(soft[e]) *
+                                   (static_cast<acc_t>(grad[e]) - dot) * inv_tau);
+  }
+}
+
 // Checks shared by both devices.
 RowGeometry gumbel_geometry(const at::Tensor& logits, double tau, int64_t dim);
 RowGeometry gumbel_backward_geometry(const at::Tensor& grad, const at::Tensor& soft,

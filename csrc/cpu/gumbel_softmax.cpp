@@ -1,4 +1,5 @@
-// CPU kernels of gumbel_softmax and its backward: one pass per softmax row.
+// CPU kernels of gumbel_softmax and its backward: rows in parallel, each row
+// computed by the same code as on CUDA (csrc/common/gumbel.h).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
@@ -7,9 +8,8 @@
 #include <ATen/core/Generator.h>
 #include <torch/library.h>
 
-#include <limits>
+#include <algorithm>
 #include <mutex>
-#include <vector>
 
 #include "../common/gumbel.h"
 
@@ -43,31 +43,14 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(
     const acc_t t = static_cast<acc_t>(tau);
     const int64_t grain = std::max<int64_t>(1, 4096 / geo.size);
     at::parallel_for(0, geo.rows, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<acc_t> v(geo.size);
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t base = geo.base(r);
-        acc_t max = -std::numeric_limits<acc_t>::infinity();
-        int64_t argmax = 0;
-        for (int64_t d = 0; d < geo.size; ++d) {
-          const int64_t e = base + d * geo.stride;
-          v[d] = static_cast<acc_t>(lp[e]) + gumbel_noise<acc_t>(seed, e, 0);
-          if (v[d] > max) max = v[d], argmax = d;
-        }
-        acc_t sum = 0;
-        for (int64_t d = 0; d < geo.size; ++d) sum += (v[d] = scaled_exp(v[d], max, t));
-        for (int64_t d = 0; d < geo.size; ++d) {
-          const int64_t e = base + d * geo.stride;
-          sp[e] = static_cast<scalar_t>(v[d] / sum);
-          yp[e] = hard ? static_cast<scalar_t>(d == argmax ? 1 : 0) : sp[e];
-        }
+        gumbel_softmax_row(lp, sp, yp, geo, r, t, hard, seed, /*offset=*/0);
       }
     });
   });
   return {sample, soft};
 }
 
-// d logits = soft * (grad - sum(grad * soft, dim)) / tau: the softmax Jacobian
-// of (logits + G) / tau, which is also the straight-through gradient when hard.
 at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& soft,
                                        double tau, int64_t dim) {
   const RowGeometry geo = gumbel_backward_geometry(grad, soft, tau, dim);
@@ -82,19 +65,7 @@ at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor&
     const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(geo.size, 1));
     at::parallel_for(0, geo.rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t base = geo.base(r);
-        acc_t dot = 0;
-        for (int64_t d = 0; d < geo.size; ++d) {
-          const int64_t e = base + d * geo.stride;
-          dot += static_cast<acc_t>(gp[e]) * static_cast<acc_t>(sp[e]);
-        }
-        for (int64_t d = 0; d < geo.size; ++d) {
-          const int64_t e = base + d * geo.stride;
-          op[e] = static_cast<scalar_t>(static_cast<acc_t>(sp[e]) *
-                                        (static_cast<acc_t>(gp[e]) - dot) * inv_tau);
-        }
-      }
+      for (int64_t r = r0; r < r1; ++r) gumbel_softmax_backward_row(gp, sp, op, geo, r, inv_tau);
     });
   });
   return out;

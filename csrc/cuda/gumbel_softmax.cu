@@ -1,7 +1,6 @@
 // CUDA kernels of gumbel_softmax and its backward: one thread per softmax row
-// (NAS rows are a handful of operations long). The noise of an element is
-// recomputed on each pass instead of being stored: it is a pure function of
-// (seed, offset, element index).
+// (NAS rows are a handful of operations long), each row computed by the same
+// code as on CPU (csrc/common/gumbel.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
@@ -13,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <mutex>
 #include <tuple>
 
@@ -35,27 +33,7 @@ __global__ void gumbel_softmax_kernel(const scalar_t* __restrict__ logits,
   const uint64_t offset = std::get<1>(seeds) / 4;  // 32-bit draws -> Philox blocks
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
        r < geo.rows; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = geo.base(r);
-    acc_t max = -std::numeric_limits<acc_t>::infinity();
-    int64_t argmax = 0;
-    for (int64_t d = 0; d < geo.size; ++d) {
-      const int64_t e = base + d * geo.stride;
-      const acc_t v = static_cast<acc_t>(logits[e]) + gumbel_noise<acc_t>(seed, e, offset);
-      if (v > max) max = v, argmax = d;
-    }
-    acc_t sum = 0;
-    for (int64_t d = 0; d < geo.size; ++d) {
-      const int64_t e = base + d * geo.stride;
-      sum += scaled_exp(static_cast<acc_t>(logits[e]) + gumbel_noise<acc_t>(seed, e, offset),
-                        max, tau);
-    }
-    for (int64_t d = 0; d < geo.size; ++d) {
-      const int64_t e = base + d * geo.stride;
-      const acc_t s = scaled_exp(
-          static_cast<acc_t>(logits[e]) + gumbel_noise<acc_t>(seed, e, offset), max, tau) / sum;
-      soft[e] = static_cast<scalar_t>(s);
-      sample[e] = hard ? static_cast<scalar_t>(d == argmax ? 1 : 0) : static_cast<scalar_t>(s);
-    }
+    gumbel_softmax_row(logits, soft, sample, geo, r, tau, hard, seed, offset);
   }
 }
 
@@ -66,17 +44,7 @@ __global__ void gumbel_softmax_backward_kernel(const scalar_t* __restrict__ grad
                                                acc_t inv_tau) {
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
        r < geo.rows; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = geo.base(r);
-    acc_t dot = 0;
-    for (int64_t d = 0; d < geo.size; ++d) {
-      const int64_t e = base + d * geo.stride;
-      dot += static_cast<acc_t>(grad[e]) * static_cast<acc_t>(soft[e]);
-    }
-    for (int64_t d = 0; d < geo.size; ++d) {
-      const int64_t e = base + d * geo.stride;
-      out[e] = static_cast<scalar_t>(static_cast<acc_t>(soft[e]) *
-                                     (static_cast<acc_t>(grad[e]) - dot) * inv_tau);
-    }
+    gumbel_softmax_backward_row(grad, soft, out, geo, r, inv_tau);
   }
 }
 

@@ -93,7 +93,7 @@ void launch_products(const at::Tensor& g, const std::vector<at::Tensor>& x,
                   static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const acc_t* wp = kGrads ? w.const_data_ptr<acc_t>() : nullptr;
-  acc_t* pp = kCost ? partial.mutable_data_ptr<acc_t>() : nullptr;
+  double* pp = kCost ? partial.mutable_data_ptr<double>() : nullptr;
   for (int64_t k0 = 0; k0 < K; k0 += kMaxOperands) {
     const int64_t k1 = std::min(K, k0 + kMaxOperands);
     products_kernel<scalar_t, acc_t, VEC, kGrads, kCost><<<grid, kThreads, 0, stream>>>(
@@ -146,8 +146,7 @@ at::Tensor products_cuda_kernel(const at::Tensor& grad, const std::vector<at::Te
         const int64_t blocks_per_row = std::max<int64_t>(
             1, std::min(ceil_div(target, rows), ceil_div(row_numel / vec, kThreads)));
         at::Tensor partial =
-            cost ? at::zeros({rows, blocks_per_row, K}, grad.options().dtype(
-                                                            c10::CppTypeToScalarType<acc_t>::value))
+            cost ? at::zeros({rows, blocks_per_row, K}, grad.options().dtype(at::kDouble))
                  : at::Tensor();
         if (vec == kVec) {
           dispatch_products<scalar_t, acc_t, kVec>(grad, x, w, gx, rows, row_numel, partial,
@@ -156,7 +155,8 @@ at::Tensor products_cuda_kernel(const at::Tensor& grad, const std::vector<at::Te
           dispatch_products<scalar_t, acc_t, 1>(grad, x, w, gx, rows, row_numel, partial,
                                                 blocks_per_row);
         }
-        // Fixed-order sum over each row's blocks keeps the result deterministic.
+        // Fixed-order sum over each row's blocks keeps the result deterministic
+        // on a given GPU (the number of blocks follows its multiprocessor count).
         if (cost) out = partial.sum(1);
       });
   return out;

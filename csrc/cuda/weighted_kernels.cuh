@@ -100,8 +100,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One pass over grad for a chunk of operands: gx_k = w[row, k] * g (kGrads) and
-// the block's share of sum(g * x_k) (kCost) written to
-// partial[(row * gridDim.x + blockIdx.x) * partial_ld + k]. Blocks of one row
+// the block's share of sum(g * x_k) (kCost) written, as float64 like the CPU's
+// tile partials, to partial[(row * gridDim.x + blockIdx.x) * partial_ld + k]. Blocks of one row
 // (blockIdx.y) stride over its tiles of kThreads vectors; the caller adds the
 // partials of a row in a fixed order, so the result is deterministic.
 template <typename scalar_t, typename acc_t, int VEC, bool kGrads, bool kCost>
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
     products_kernel(const scalar_t* __restrict__ g, PtrPack<const scalar_t> x,
                     PtrPack<scalar_t> gx, int K, const acc_t* __restrict__ w,
                     int64_t w_ld, int64_t rows, int64_t row_numel,
-                    acc_t* __restrict__ partial, int64_t partial_ld) {
+                    double* __restrict__ partial, int64_t partial_ld) {
   __shared__ acc_t warp_part[kWarps][kMaxOperands];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t n_vec = row_numel / VEC;
@@ -117,6 +117,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row_start = r * row_numel;
     if constexpr (kCost) {
       for (int k = lane; k < K; k += 32) warp_part[warp][k] = 0;
+      __syncwarp();  // lane 0 accumulates into slots the other lanes zeroed
     }
     for (int64_t tile = blockIdx.x * static_cast<int64_t>(kThreads); tile < n_vec;
          tile += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -160,7 +161,7 @@ __global__ void __launch_bounds__(kThreads)
         acc_t s = 0;
 #pragma unroll
         for (int q = 0; q < kWarps; ++q) s += warp_part[q][k];
-        partial[(r * gridDim.x + blockIdx.x) * partial_ld + k] = s;
+        partial[(r * gridDim.x + blockIdx.x) * partial_ld + k] = static_cast<double>(s);
       }
       __syncthreads();
     }
