@@ -63,29 +63,36 @@ C10_HOST_DEVICE inline acc_t perturbed_logit(const scalar_t* logits, int64_t e, 
 }
 
 // One softmax row of the sample: soft = softmax((logits + G) / tau) and the
-// sample (soft, or the exact one-hot argmax when hard). The noise is recomputed
-// on each pass rather than stored: it is a pure function of (seed, offset,
-// element), so rows need no scratch memory on either device.
+// sample (soft, or the exact one-hot argmax when hard). The perturbed logits
+// are kept in `scratch` (geo.size values) when given; without it (on CUDA,
+// where a thread has no room for a row) the noise is recomputed on each pass,
+// which gives the same values: it is a pure function of (seed, offset, element).
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void gumbel_softmax_row(const scalar_t* logits, scalar_t* soft,
                                                scalar_t* sample, const RowGeometry& geo,
                                                int64_t row, acc_t tau, bool hard,
-                                               uint64_t seed, uint64_t offset) {
+                                               uint64_t seed, uint64_t offset,
+                                               acc_t* scratch) {
   const int64_t base = geo.base(row);
-  acc_t max = perturbed_logit<acc_t>(logits, base, seed, offset);
+  acc_t max = 0;
   int64_t argmax = 0;
-  for (int64_t d = 1; d < geo.size; ++d) {
+  for (int64_t d = 0; d < geo.size; ++d) {
     const acc_t v = perturbed_logit<acc_t>(logits, base + d * geo.stride, seed, offset);
-    if (v > max) max = v, argmax = d;
+    if (scratch != nullptr) scratch[d] = v;
+    if (d == 0 || v > max) max = v, argmax = d;
   }
   acc_t sum = 0;
   for (int64_t d = 0; d < geo.size; ++d) {
-    sum += scaled_exp(perturbed_logit<acc_t>(logits, base + d * geo.stride, seed, offset),
+    const int64_t e = base + d * geo.stride;
+    sum += scaled_exp(scratch != nullptr ? scratch[d]
+                                         : perturbed_logit<acc_t>(logits, e, seed, offset),
                       max, tau);
   }
   for (int64_t d = 0; d < geo.size; ++d) {
     const int64_t e = base + d * geo.stride;
-    const acc_t s = scaled_exp(perturbed_logit<acc_t>(logits, e, seed, offset), max, tau) / sum;
+    const acc_t v =
+        scratch != nullptr ? scratch[d] : perturbed_logit<acc_t>(logits, e, seed, offset);
+    const acc_t s = scaled_exp(v, max, tau) / sum;
     soft[e] = static_cast<scalar_t>(s);
     sample[e] = hard ? static_cast<scalar_t>(d == argmax ? 1 : 0) : static_cast<scalar_t>(s);
   }

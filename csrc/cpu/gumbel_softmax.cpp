@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <vector>
 
 #include "../common/gumbel.h"
 
@@ -43,8 +44,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(
     const acc_t t = static_cast<acc_t>(tau);
     const int64_t grain = std::max<int64_t>(1, 4096 / geo.size);
     at::parallel_for(0, geo.rows, grain, [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> scratch(geo.size);
       for (int64_t r = r0; r < r1; ++r) {
-        gumbel_softmax_row(lp, sp, yp, geo, r, t, hard, seed, /*offset=*/0);
+        gumbel_softmax_row(lp, sp, yp, geo, r, t, hard, seed, /*offset=*/0, scratch.data());
       }
     });
   });

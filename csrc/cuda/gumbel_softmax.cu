@@ -33,7 +33,8 @@ __global__ void gumbel_softmax_kernel(const scalar_t* __restrict__ logits,
   const uint64_t offset = std::get<1>(seeds) / 4;  // 32-bit draws -> Philox blocks
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
        r < geo.rows; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    gumbel_softmax_row(logits, soft, sample, geo, r, tau, hard, seed, offset);
+    gumbel_softmax_row<scalar_t, acc_t>(logits, soft, sample, geo, r, tau, hard, seed, offset,
+                                        /*scratch=*/nullptr);
   }
 }
 
