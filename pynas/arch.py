@@ -1,0 +1,226 @@
+"""Architecture parameters α and the relaxations that turn them into edge weights.
+
+α is one ``[E, K]`` parameter per cell type (``normal``, ``reduce``), shared by
+all cells of that type and kept apart from the network weights. A relaxation,
+chosen by name, maps α to the weights every :class:`~pynas.nn.MixedOp` feeds to
+``mixed_sum``:
+
+- ``softmax``      DARTS: softmax(α) over each edge's operations.
+- ``sigmoid``      Single-DARTS (Sec. 5.1.2): sigmoid(α), not normalised.
+- ``gumbel``       SNAS (Eq. 5): soft Gumbel-softmax samples at temperature τ.
+- ``gumbel_hard``  GDAS: one-hot samples, straight-through gradient (τ anneals).
+- ``categorical``  DSNAS: a one-hot sample from softmax(α), gradient to α
+                   straight through p = softmax(α).
+
+A boolean mask per cell type fixes an edge to one operation, removes an
+operation or removes an edge (perturbation-based selection); masked entries get
+weight 0 and are never run.
+"""
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .functional import gumbel_softmax
+from .nn.spaces import SearchSpace, get_space
+
+RELAXATIONS = ("softmax", "sigmoid", "gumbel", "gumbel_hard", "categorical")
+SAMPLE_PER = ("forward", "cell", "sample")
+
+
+class TemperatureSchedule:
+    """τ from ``start`` to ``end`` as search progress goes from 0 to 1,
+    ``linear`` (SNAS: 1 → 0.03) or ``exponential`` (GDAS: 10 → 0.1)."""
+
+    def __init__(self, start: float, end: float, kind: str = "linear"):
+        if start <= 0 or end <= 0:
+            raise ValueError(f"TemperatureSchedule: temperatures must be positive, got start={start}, end={end}")
+        if kind not in ("linear", "exponential"):
+            raise ValueError(f"TemperatureSchedule: `kind` must be 'linear' or 'exponential', got {kind!r}")
+        self.start, self.end, self.kind = start, end, kind
+
+    def __call__(self, progress: float) -> float:
+        p = min(max(progress, 0.0), 1.0)
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * p
+        return self.start * (self.end / self.start) ** p
+
+    def __repr__(self):
+        return f"TemperatureSchedule({self.start}, {self.end}, {self.kind!r})"
+
+
+DEFAULT_SCHEDULES = {
+    "gumbel": TemperatureSchedule(1.0, 0.03, "linear"),
+    "gumbel_hard": TemperatureSchedule(10.0, 0.1, "linear"),
+}
+
+
+@dataclass
+class EdgeWeights:
+    """Relaxed weights of one cell type: ``weights`` ``[E, K]`` (or ``[B, E, K]``)
+    and, per edge, the columns to run (None: every available one)."""
+
+    weights: torch.Tensor
+    active: Optional[List[Optional[List[int]]]] = None
+
+
+class Architecture(nn.Module):
+    """α for each cell type, its relaxation and its masks.
+
+    Args:
+        space: a :class:`SearchSpace` or its name.
+        num_edges: edges per cell.
+        cell_types: e.g. ``("normal", "reduce")``.
+        relaxation: one of :data:`RELAXATIONS`.
+        init: ``"normal"`` (1e-3·N(0, 1), DARTS), ``"zeros"``, or a float (e.g.
+            ``-math.log(7)`` so that sigmoid(α) = 1/8, Single-DARTS).
+        sample_per: ``"forward"`` (one sample per forward for all cells of a
+            type), ``"cell"`` (a fresh sample per cell) or ``"sample"`` (one per
+            input sample: ``[B, E, K]`` weights).
+        schedule: the temperature schedule of the Gumbel relaxations.
+        generator: the ``torch.Generator`` samples are drawn from.
+    """
+
+    def __init__(self, space, num_edges: int, cell_types: Sequence[str] = ("normal", "reduce"),
+                 relaxation: str = "softmax", init="normal", sample_per: str = "forward",
+                 schedule: Optional[TemperatureSchedule] = None, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"Architecture: `relaxation` must be one of {RELAXATIONS}, got {relaxation!r}")
+        if sample_per not in SAMPLE_PER:
+            raise ValueError(f"Architecture: `sample_per` must be one of {SAMPLE_PER}, got {sample_per!r}")
+        self.space: SearchSpace = get_space(space)
+        self.num_edges, self.cell_types = num_edges, tuple(cell_types)
+        self.relaxation, self.sample_per, self.generator = relaxation, sample_per, generator
+        self.schedule = schedule or DEFAULT_SCHEDULES.get(relaxation)
+        self.temperature = self.schedule(0.0) if self.schedule else 1.0
+        K = len(self.space.ops)
+        self.alphas = nn.ParameterDict({t: nn.Parameter(self._initial(init, num_edges, K)) for t in self.cell_types})
+        for t in self.cell_types:
+            self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
+
+    @staticmethod
+    def _initial(init, E, K):
+        if init == "normal":
+            return 1e-3 * torch.randn(E, K)
+        if init == "zeros":
+            return torch.zeros(E, K)
+        if isinstance(init, (int, float)):
+            return torch.full((E, K), float(init))
+        raise ValueError(f"Architecture: `init` must be 'normal', 'zeros' or a number, got {init!r}")
+
+    @property
+    def ops(self):
+        return self.space.ops
+
+    def mask(self, cell_type: str) -> torch.Tensor:
+        self._check_type(cell_type)
+        return getattr(self, f"mask_{cell_type}")
+
+    def _check_type(self, cell_type):
+        if cell_type not in self.cell_types:
+            raise ValueError(f"unknown cell type {cell_type!r}; this architecture has {self.cell_types}")
+
+    def _op_index(self, op):
+        if isinstance(op, int):
+            if not 0 <= op < len(self.ops):
+                raise ValueError(f"operation index {op} out of range [0, {len(self.ops)})")
+            return op
+        if op not in self.ops:
+            raise ValueError(f"operation {op!r} is not in the space {self.ops}")
+        return self.ops.index(op)
+
+    def _check_edge(self, edge):
+        if not 0 <= edge < self.num_edges:
+            raise ValueError(f"edge {edge} out of range [0, {self.num_edges})")
+
+    # -- masks (used by perturbation-based selection) -------------------------
+    def fix_op(self, cell_type: str, edge: int, op) -> None:
+        """Keep only ``op`` on ``edge``."""
+        self._check_edge(edge)
+        k = self._op_index(op)
+        mask = self.mask(cell_type)
+        if not mask[edge, k]:
+            raise ValueError(f"fix_op: {self.ops[k]!r} is not available on edge {edge} of {cell_type!r} cells")
+        mask[edge] = False
+        mask[edge, k] = True
+
+    def remove_op(self, cell_type: str, edge: int, op) -> None:
+        self._check_edge(edge)
+        self.mask(cell_type)[edge, self._op_index(op)] = False
+
+    def remove_edge(self, cell_type: str, edge: int) -> None:
+        self._check_edge(edge)
+        self.mask(cell_type)[edge] = False
+
+    def set_progress(self, progress: float) -> None:
+        """Search progress in [0, 1]; sets τ from the schedule."""
+        if self.schedule is not None:
+            self.temperature = self.schedule(progress)
+
+    # -- relaxed weights -------------------------------------------------------
+    def probabilities(self, cell_type: str) -> torch.Tensor:
+        """The deterministic relaxation of α (softmax, or sigmoid for
+        ``sigmoid``), masked: what derivation rules read."""
+        alpha, mask = self.alphas[cell_type], self.mask(cell_type)
+        if self.relaxation == "sigmoid":
+            return torch.sigmoid(alpha) * mask
+        return _masked_softmax(alpha, mask)
+
+    def weights(self, cell_type: str, batch_size: Optional[int] = None) -> EdgeWeights:
+        """Fresh relaxed weights of one cell type (a new sample for the stochastic
+        relaxations); ``[B, E, K]`` when ``sample_per == "sample"``."""
+        self._check_type(cell_type)
+        alpha, mask = self.alphas[cell_type], self.mask(cell_type)
+        per_sample = self.sample_per == "sample"
+        if per_sample and batch_size is None:
+            raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
+        if self.relaxation in ("softmax", "sigmoid"):
+            w = self.probabilities(cell_type)
+            if per_sample:
+                w = w.expand(batch_size, *w.shape)
+            return EdgeWeights(w, self._active_from_mask(mask))
+        logits = _masked_logits(alpha, mask)
+        if per_sample:
+            logits = logits.expand(batch_size, *logits.shape)
+        if self.relaxation == "gumbel":
+            w = gumbel_softmax(logits, tau=self.temperature, generator=self.generator)
+            return EdgeWeights(torch.where(mask, w, torch.zeros_like(w)), self._active_from_mask(mask))
+        if self.relaxation == "gumbel_hard":
+            w = gumbel_softmax(logits, tau=self.temperature, hard=True, generator=self.generator)
+        else:  # categorical (DSNAS): one-hot from softmax(α), straight through p
+            hard = gumbel_softmax(logits, tau=1.0, hard=True, generator=self.generator).detach()
+            p = _masked_softmax(alpha, mask)
+            w = hard - p.detach() + p
+        return EdgeWeights(w, self._active_from_hard(w, mask))
+
+    def _active_from_mask(self, mask):
+        if bool(mask.all()):
+            return None
+        return [row.nonzero().flatten().tolist() for row in mask.cpu()]
+
+    def _active_from_hard(self, w, mask):
+        # Run only the selected operation(s): per sample, the union over the batch.
+        chosen = (w.detach() > 0.5) & mask
+        if chosen.dim() == 3:
+            chosen = chosen.any(0)
+        return [row.nonzero().flatten().tolist() for row in chosen.cpu()]
+
+    def extra_repr(self):
+        return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "
+                f"relaxation={self.relaxation}, sample_per={self.sample_per}")
+
+
+def _masked_logits(alpha, mask):
+    """α with unavailable operations at -inf; a fully removed edge keeps finite
+    logits (its weights are zeroed and it is never run), so no NaN can reach α's
+    gradient."""
+    dead = ~mask.any(-1, keepdim=True)
+    return alpha.masked_fill(~mask & ~dead, float("-inf"))
+
+
+def _masked_softmax(alpha, mask):
+    w = _masked_logits(alpha, mask).softmax(-1)
+    return torch.where(mask, w, torch.zeros_like(w))

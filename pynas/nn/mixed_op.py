@@ -1,0 +1,59 @@
+"""MixedOp: the candidate operations of one edge, combined by the fused mixed_sum."""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..functional import mixed_sum
+from .ops import build_op
+
+
+class MixedOp(nn.Module):
+    """The edge ``y = Σ_k w_k · op_k(x)`` over ``ops`` (DARTS Eq. 1).
+
+    ``none`` is never run: its weight only takes part in normalising the others.
+    Operations whose first layer is a ReLU share one ReLU. ``weights`` are
+    ``[K]`` or ``[B, K]`` over ``ops``; ``active`` optionally names the column
+    indices to run (e.g. the one selected by a hard sample: GDAS/DSNAS run only
+    that operation, its weight keeping the straight-through gradient to α).
+    """
+
+    def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False,
+                 available: Optional[Sequence[bool]] = None):
+        super().__init__()
+        self.names = tuple(ops)
+        self.stride = stride
+        if available is not None and len(available) != len(self.names):
+            raise ValueError(f"MixedOp: `available` has {len(available)} entries for {len(self.names)} ops")
+        # Columns of `weights` this edge can run: not `none`, and available on
+        # this edge (per-edge spaces such as S1 leave the rest unbuilt).
+        self.materialised = [k for k, name in enumerate(self.names)
+                             if name != "none" and (available is None or available[k])]
+        self.ops = nn.ModuleList([build_op(self.names[k], C, stride, affine, search=True) for k in self.materialised])
+        self._slot = {k: i for i, k in enumerate(self.materialised)}
+
+    def candidates(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None
+                   ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """The outputs of the operations to run and their weights (``[..., n]``),
+        ready for one ``mixed_sum`` (possibly together with other edges)."""
+        run = self.materialised if active is None else [k for k in active if k in self._slot]
+        relu = None
+        outputs = []
+        for k in run:
+            op = self.ops[self._slot[k]]
+            if getattr(op, "relu_first", False):
+                relu = F.relu(x) if relu is None else relu
+                outputs.append(op.after_relu(relu))
+            else:
+                outputs.append(op(x))
+        return outputs, weights[..., run]
+
+    def zeros(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None) -> torch.Tensor:
+        outputs, w = self.candidates(x, weights, active)
+        if not outputs:  # only `none` (or nothing) is active
+            return self.zeros(x)
+        return mixed_sum(outputs, w)

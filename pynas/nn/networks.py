@@ -1,0 +1,75 @@
+"""Supernets: the DARTS CIFAR search network (any C, depth, nodes, classes,
+input channels or image size) and a network of the wiring paper's minimal cells."""
+from typing import Dict, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from ..arch import Architecture, EdgeWeights
+from .cells import SearchCell, cell_edges
+from .spaces import get_space
+
+
+class SearchNetwork(nn.Module):
+    """DARTS' supernet: a 3x3 conv stem with ``stem_multiplier * C`` channels,
+    ``layers`` cells with reductions at 1/3 and 2/3 of the depth (doubling the
+    channels), global average pooling and a linear classifier.
+
+    The architecture (``self.arch``, an :class:`~pynas.arch.Architecture`) holds α
+    apart from the weights: optimise :meth:`weight_parameters` and
+    :meth:`arch_parameters` separately.
+    """
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
+                 multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
+                 inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None, **arch_kwargs):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"SearchNetwork: `layers` must be >= 1, got {layers}")
+        space = get_space(space)
+        num_edges = len(cell_edges(steps, inputs))
+        self.arch = arch if arch is not None else Architecture(space, num_edges, ("normal", "reduce"),
+                                                               relaxation=relaxation, **arch_kwargs)
+        if self.arch.num_edges != num_edges:
+            raise ValueError(f"SearchNetwork: `arch` has {self.arch.num_edges} edges per cell, cells have {num_edges}")
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = layers >= 3 and i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell_type = "reduce" if reduction else "normal"
+            cell = SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev, space.ops,
+                              available=self.arch.mask(cell_type), inputs=inputs)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(cell.concat) * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        arch = {id(p) for p in self.arch.parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        return self.arch.parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared: Dict[str, EdgeWeights] = {}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            cell_type = "reduce" if cell.reduction else "normal"
+            if self.arch.sample_per == "cell" or cell_type not in shared:
+                shared[cell_type] = self.arch.weights(cell_type, batch_size=x.size(0))
+            w = shared[cell_type]
+            s0, s1 = s1, cell(s0, s1, w.weights, w.active)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+def minimal_cell_network(C: int = 16, num_classes: int = 10, layers: int = 8, space="darts", **kwargs) -> SearchNetwork:
+    """A supernet of the wiring paper's minimal cell (Fig. 2): two input nodes,
+    two intermediate nodes, five edges; the output concatenates both nodes."""
+    return SearchNetwork(C, num_classes, layers, steps=2, multiplier=2, space=space, **kwargs)
