@@ -5,6 +5,10 @@ from . import _C  # noqa: F401  (registers torch.ops.pynas.*)
 from . import functional
 from .functional import edge_cost, gumbel_softmax, mixed_sum
 
+# pynas.nn first: its networks import pynas.arch, which imports pynas.nn.spaces.
+from . import nn  # noqa: E402,I001
+from . import arch, genotype  # noqa: E402
+
 __version__ = "0.1.0"
 
 
@@ -17,4 +21,4 @@ def cuda_kernels_available() -> bool:
     return bool(_C.cuda_kernels_built())
 
 
-__all__ = ["cuda_kernels_available", "edge_cost", "functional", "gumbel_softmax", "mixed_sum"]
+__all__ = ["arch", "cuda_kernels_available", "edge_cost", "functional", "genotype", "gumbel_softmax", "mixed_sum", "nn"]

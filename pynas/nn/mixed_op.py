@@ -20,7 +20,7 @@ class MixedOp(nn.Module):
     """
 
     def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False,
-                 available: Optional[Sequence[bool]] = None):
+                 available: Optional[Sequence[bool]] = None, pool_bn: bool = True):
         super().__init__()
         self.names = tuple(ops)
         self.stride = stride
@@ -30,7 +30,8 @@ class MixedOp(nn.Module):
         # this edge (per-edge spaces such as S1 leave the rest unbuilt).
         self.materialised = [k for k, name in enumerate(self.names)
                              if name != "none" and (available is None or available[k])]
-        self.ops = nn.ModuleList([build_op(self.names[k], C, stride, affine, search=True) for k in self.materialised])
+        # DARTS follows each pool by a non-affine BatchNorm in the supernet; NAS-Bench-201 does not.
+        self.ops = nn.ModuleList([build_op(self.names[k], C, stride, affine, search=pool_bn) for k in self.materialised])
         self._slot = {k: i for i, k in enumerate(self.materialised)}
 
     def candidates(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None

@@ -1,0 +1,261 @@
+"""Genotypes: discrete cells, their derivation from α, and their text forms.
+
+A :class:`Genotype` is DARTS' ``Genotype(normal=[(op, input), ...],
+normal_concat=[...], reduce=[...], reduce_concat=[...])``. Two published forms
+are read and written verbatim:
+
+- two inputs per node: pairs ``2k, 2k+1`` feed intermediate node ``k + 2``;
+- edge-all (SNAS' child graphs): every edge of the cell in node order, with
+  ``none`` where an edge is absent, so a node may keep any number of inputs.
+
+Inputs 0 and 1 are the cell's inputs; input ``i >= 2`` is intermediate node ``i``.
+:class:`NB201Genotype` is NAS-Bench-201's ``|op~j|+|op~j|op~j|+|...|``.
+"""
+import ast
+import json
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from .nn.ops import OPS
+
+Pair = Tuple[str, int]
+
+
+def _edge_all_steps(n_pairs: int):
+    """Number of nodes if ``n_pairs`` is an edge-all cell's length, else None."""
+    steps = 0
+    while steps * (steps + 3) // 2 < n_pairs:
+        steps += 1
+    return steps if steps * (steps + 3) // 2 == n_pairs else None
+
+
+@dataclass(frozen=True)
+class Genotype:
+    normal: Tuple[Pair, ...]
+    normal_concat: Tuple[int, ...]
+    reduce: Tuple[Pair, ...]
+    reduce_concat: Tuple[int, ...]
+
+    def __post_init__(self):
+        for field in ("normal", "reduce"):
+            pairs = tuple((str(op), int(j)) for op, j in getattr(self, field))
+            object.__setattr__(self, field, pairs)
+        for field in ("normal_concat", "reduce_concat"):
+            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+        for cell_type in ("normal", "reduce"):
+            self.nodes(cell_type)  # validates
+
+    # -- structure ---------------------------------------------------------------
+    def form(self, cell_type: str) -> str:
+        """``"two-input"`` or ``"edge-all"``."""
+        pairs = getattr(self, cell_type)
+        steps = _edge_all_steps(len(pairs))
+        if steps is not None and steps >= 2:
+            start, edge_all = 0, True
+            for k in range(steps):
+                if sorted(j for _, j in pairs[start:start + k + 2]) != list(range(k + 2)):
+                    edge_all = False
+                    break
+                start += k + 2
+            if edge_all:
+                return "edge-all"
+        return "two-input"
+
+    def nodes(self, cell_type: str) -> List[List[Pair]]:
+        """Per intermediate node, its incoming (op, input) pairs, ``none`` left out."""
+        if cell_type not in ("normal", "reduce"):
+            raise ValueError(f"cell type must be 'normal' or 'reduce', got {cell_type!r}")
+        pairs = getattr(self, cell_type)
+        if not pairs or (self.form(cell_type) == "two-input" and len(pairs) % 2):
+            raise ValueError(f"{cell_type}: {len(pairs)} (op, input) pairs fit neither two inputs per node "
+                             f"nor every edge of a cell")
+        if self.form(cell_type) == "edge-all":
+            steps, groups, start = _edge_all_steps(len(pairs)), [], 0
+            for k in range(steps):
+                groups.append(list(pairs[start:start + k + 2]))
+                start += k + 2
+        else:
+            groups = [list(pairs[i:i + 2]) for i in range(0, len(pairs), 2)]
+        nodes = []
+        for k, group in enumerate(groups):
+            for op, j in group:
+                if op not in OPS:
+                    raise ValueError(f"{cell_type}: unknown operation {op!r} (register it with pynas.nn.register_op)")
+                if not 0 <= j < k + 2:
+                    raise ValueError(f"{cell_type}: node {k + 2} takes input {j}; inputs must be in [0, {k + 2}) "
+                                     f"(an edge to itself or a later node would make a cycle)")
+            nodes.append([(op, j) for op, j in group if op != "none"])
+        concat = getattr(self, f"{cell_type}_concat")
+        if not concat or any(not 0 <= i < len(groups) + 2 for i in concat):
+            raise ValueError(f"{cell_type}_concat {list(concat)} must name nodes in [0, {len(groups) + 2})")
+        return nodes
+
+    def steps(self, cell_type: str = "normal") -> int:
+        return len(self.nodes(cell_type))
+
+    # -- text forms --------------------------------------------------------------
+    def __str__(self):
+        fmt = lambda pairs: "[" + ", ".join(f"({op!r}, {j})" for op, j in pairs) + "]"
+        return (f"Genotype(normal={fmt(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={fmt(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+    @classmethod
+    def parse(cls, text: str) -> "Genotype":
+        """Reads DARTS' printed form (either layout); literals only, nothing is evaluated."""
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as e:
+            raise ValueError(f"not a Genotype(...) expression: {e}") from None
+        if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "Genotype"):
+            raise ValueError("expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+        fields = ("normal", "normal_concat", "reduce", "reduce_concat")
+        values = {}
+        for name, node in zip(fields, tree.args):
+            values[name] = node
+        for kw in tree.keywords:
+            if kw.arg not in fields:
+                raise ValueError(f"Genotype has no field {kw.arg!r}")
+            values[kw.arg] = kw.value
+        missing = [f for f in fields if f not in values]
+        if missing:
+            raise ValueError(f"Genotype is missing {missing}")
+        try:
+            literal = {k: ast.literal_eval(v) for k, v in values.items()}
+        except ValueError as e:
+            raise ValueError(f"Genotype fields must be literals: {e}") from None
+        for name in ("normal", "reduce"):
+            if not all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
+                       for p in literal[name]):
+                raise ValueError(f"`{name}` must be a list of (operation name, input index) pairs")
+        for name in ("normal_concat", "reduce_concat"):
+            if not all(isinstance(i, int) for i in literal[name]):
+                raise ValueError(f"`{name}` must be a list of node indices")
+        return cls(**literal)
+
+    def to_json(self) -> str:
+        return json.dumps({"normal": [list(p) for p in self.normal], "normal_concat": list(self.normal_concat),
+                           "reduce": [list(p) for p in self.reduce], "reduce_concat": list(self.reduce_concat)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Genotype":
+        try:
+            data = json.loads(text)
+            return cls(data["normal"], data["normal_concat"], data["reduce"], data["reduce_concat"])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not a genotype in JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """NAS-Bench-201 cell: for nodes 1..3, the (op, input) of every incoming edge."""
+
+    nodes: Tuple[Tuple[Pair, ...], ...]
+
+    def __post_init__(self):
+        nodes = tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes)
+        object.__setattr__(self, "nodes", nodes)
+        for i, node in enumerate(nodes, start=1):
+            for op, j in node:
+                if op not in OPS:
+                    raise ValueError(f"NB201 node {i}: unknown operation {op!r}")
+                if not 0 <= j < i:
+                    raise ValueError(f"NB201 node {i}: input {j} must be in [0, {i})")
+
+    def __str__(self):
+        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|" for node in self.nodes)
+
+    @classmethod
+    def parse(cls, text: str) -> "NB201Genotype":
+        nodes = []
+        for part in text.strip().split("+"):
+            if not (part.startswith("|") and part.endswith("|")) or len(part) < 3:
+                raise ValueError(f"NB201 string: node {part!r} must look like |op~j|op~j|")
+            node = []
+            for item in part[1:-1].split("|"):
+                op, sep, j = item.partition("~")
+                if not sep or not j.isdigit():
+                    raise ValueError(f"NB201 string: edge {item!r} must look like op~j")
+                node.append((op, int(j)))
+            nodes.append(tuple(node))
+        return cls(tuple(nodes))
+
+
+# -- derivation rules -------------------------------------------------------------
+
+
+def _edge_groups(num_edges: int, inputs: int = 2) -> Tuple[int, List[List[int]]]:
+    """(steps, per node the α rows of its incoming edges) for a cell with ``num_edges`` edges."""
+    steps, groups, row = 0, [], 0
+    while row < num_edges:
+        groups.append(list(range(row, row + inputs + steps)))
+        row += inputs + steps
+        steps += 1
+    if row != num_edges:
+        raise ValueError(f"{num_edges} α rows do not form a cell with {inputs} inputs")
+    return steps, groups
+
+
+def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", k: int = 2,
+                mask: torch.Tensor = None) -> Tuple[List[Pair], List[int]]:
+    """(pairs, concat) of one cell from its ``[E, K]`` relaxed weights.
+
+    - ``darts``: per node, the ``k`` incoming edges whose best non-``none`` weight
+      is largest; each keeps its argmax excluding ``none`` (two-input form).
+    - ``snas``: every edge whose argmax is not ``none`` (edge-all form, with
+      ``none`` where an edge is dropped); a node may keep any number of edges.
+    """
+    w = weights.detach().float().cpu()
+    if mask is not None:
+        w = w.masked_fill(~mask.cpu(), float("-inf"))
+    steps, groups = _edge_groups(w.size(0))
+    none = ops.index("none") if "none" in ops else None
+    pairs: List[Pair] = []
+    for node, rows in enumerate(groups):
+        if rule == "darts":
+            w_ops = w.clone()
+            if none is not None:
+                w_ops[:, none] = float("-inf")
+            strength = [w_ops[r].max().item() for r in rows]
+            best = sorted(range(len(rows)), key=lambda j: -strength[j])[:k]
+            for j in sorted(best, key=lambda j: -strength[j]):
+                pairs.append((ops[int(w_ops[rows[j]].argmax())], j))
+        elif rule == "snas":
+            for j, r in enumerate(rows):
+                pairs.append((ops[int(w[r].argmax())], j))
+        else:
+            raise ValueError(f"derivation rule must be 'darts' or 'snas', got {rule!r}")
+    return pairs, list(range(2, 2 + steps))
+
+
+def derive_genotype(arch, rule: str = "darts") -> Genotype:
+    """The genotype of an :class:`~pynas.arch.Architecture` with ``normal`` and
+    ``reduce`` cells, read from its deterministic relaxation of α."""
+    cells: Dict[str, Tuple] = {}
+    for cell_type in ("normal", "reduce"):
+        cells[cell_type] = derive_cell(arch.probabilities(cell_type), arch.ops, rule, mask=arch.mask(cell_type))
+    return Genotype(cells["normal"][0], cells["normal"][1], cells["reduce"][0], cells["reduce"][1])
+
+
+def derive_nb201(weights: torch.Tensor, ops: Sequence[str]) -> NB201Genotype:
+    """NAS-Bench-201: the argmax of every edge, ``none`` included (6 edges, nodes 1..3)."""
+    w = weights.detach().cpu()
+    nodes, row = [], 0
+    for i in range(1, 4):
+        nodes.append(tuple((ops[int(w[row + j].argmax())], j) for j in range(i)))
+        row += i
+    if row != w.size(0):
+        raise ValueError(f"NB201 cells have 6 edges, got {w.size(0)} rows")
+    return NB201Genotype(tuple(nodes))
+
+
+G = Genotype.parse
+DARTS_V1 = G("Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])")
+DARTS_V2 = G("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+SNAS_MILD = G("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('dil_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), ('sep_conv_3x3', 1)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('dil_conv_5x5', 2)], reduce_concat=[2, 3, 4, 5])")
+SNAS_MILD_EDGE_ALL = G("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('dil_conv_3x3', 1), ('none', 2), ('skip_connect', 0), ('skip_connect', 1), ('none', 3), ('none', 2), ('skip_connect', 0), ('sep_conv_3x3', 1), ('none', 4), ('none', 3), ('none', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('none', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('none', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('none', 3), ('max_pool_3x3', 0), ('dil_conv_5x5', 2), ('none', 1), ('none', 3), ('none', 4)], reduce_concat=[2, 3, 4, 5])")
+del G
+
+GENOTYPES = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2, "SNAS_mild": SNAS_MILD,
+             "SNAS_mild_edge_all": SNAS_MILD_EDGE_ALL}

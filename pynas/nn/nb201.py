@@ -1,0 +1,119 @@
+"""NAS-Bench-201's topology network (Single-DARTS App. B): a 3x3 stem, three
+stages of ``N`` 4-node cells (6 edges, node i = sum over j < i of op(node j)),
+residual reduction blocks between stages, then BN-ReLU, pooling and a linear
+classifier. The same network is the supernet (MixedOp edges, α shared by all
+cells) or, given an :class:`~pynas.genotype.NB201Genotype`, the child."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..arch import Architecture
+from ..functional import mixed_sum
+from ..genotype import NB201Genotype
+from .mixed_op import MixedOp
+from .ops import ReLUConvBN, build_op
+from .spaces import NB201, get_space
+
+NB201_NODES = 4
+NB201_EDGES = [(j, i) for i in range(1, NB201_NODES) for j in range(i)]
+
+
+class ResidualReduction(nn.Module):
+    """NB201's ResNet basic block with stride 2 between stages."""
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1, affine)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1, affine)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, stride=2), nn.Conv2d(C_in, C_out, 1, bias=False))
+
+    def forward(self, x):
+        return self.conv_b(self.conv_a(x)) + self.shortcut(x)
+
+
+class NB201SearchCell(nn.Module):
+    def __init__(self, C: int, ops, available: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.edges = nn.ModuleList([
+            MixedOp(C, 1, ops, affine=False, available=None if available is None else available[e].tolist(),
+                    pool_bn=False)
+            for e in range(len(NB201_EDGES))
+        ])
+        self.edge_names = [f"{j}->{i}" for j, i in NB201_EDGES]
+
+    def forward(self, x, weights, active=None):
+        nodes, e = [x], 0
+        for i in range(1, NB201_NODES):
+            outputs, ws = [], []
+            for j in range(i):
+                out, w = self.edges[e].candidates(nodes[j], weights[..., e, :], None if active is None else active[e])
+                outputs += out
+                ws.append(w)
+                e += 1
+            nodes.append(mixed_sum(outputs, torch.cat(ws, -1)) if outputs else nodes[0].mul(0.0))
+        return nodes[-1]
+
+
+class NB201ChildCell(nn.Module):
+    def __init__(self, C: int, genotype: NB201Genotype):
+        super().__init__()
+        self.inputs = [[j for _, j in node] for node in genotype.nodes]
+        self.ops = nn.ModuleList([nn.ModuleList([build_op(op, C, 1, affine=True) for op, _ in node])
+                                  for node in genotype.nodes])
+
+    def forward(self, x):
+        nodes = [x]
+        for inputs, ops in zip(self.inputs, self.ops):
+            nodes.append(sum(op(nodes[j]) for j, op in zip(inputs, ops)) if inputs else nodes[0].mul(0.0))
+        return nodes[-1]
+
+
+class NB201Network(nn.Module):
+    """The supernet (``genotype=None``; α in ``self.arch``) or the child of ``genotype``."""
+
+    def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, genotype: Optional[NB201Genotype] = None,
+                 space=NB201, in_channels: int = 3, relaxation: str = "softmax", arch: Optional[Architecture] = None,
+                 **arch_kwargs):
+        super().__init__()
+        if isinstance(genotype, str):
+            genotype = NB201Genotype.parse(genotype)
+        if genotype is not None and len(genotype.nodes) != NB201_NODES - 1:
+            raise ValueError(f"NB201Network: a genotype needs {NB201_NODES - 1} nodes, got {len(genotype.nodes)}")
+        self.genotype = genotype
+        space = get_space(space)
+        self.arch = None
+        if genotype is None:
+            self.arch = arch or Architecture(space, len(NB201_EDGES), ("cell",), relaxation=relaxation, **arch_kwargs)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        layers, C_prev = [], C
+        for stage, C_stage in enumerate((C, 2 * C, 4 * C)):
+            if stage > 0:
+                layers.append(ResidualReduction(C_prev, C_stage))
+            for _ in range(N):
+                layers.append(NB201ChildCell(C_stage, genotype) if genotype is not None
+                              else NB201SearchCell(C_stage, space.ops, self.arch.mask("cell")))
+            C_prev = C_stage
+        self.cells = nn.ModuleList(layers)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def weight_parameters(self):
+        arch = {id(p) for p in self.arch.parameters()} if self.arch is not None else set()
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def arch_parameters(self):
+        return self.arch.parameters() if self.arch is not None else iter(())
+
+    def forward(self, x):
+        h = self.stem(x)
+        shared = None
+        for layer in self.cells:
+            if isinstance(layer, NB201SearchCell):
+                if shared is None or self.arch.sample_per == "cell":
+                    shared = self.arch.weights("cell", batch_size=x.size(0))
+                h = layer(h, shared.weights, shared.active)
+            else:
+                h = layer(h)
+        return self.classifier(self.global_pooling(self.lastact(h)).flatten(1))
