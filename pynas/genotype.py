@@ -205,27 +205,37 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
       is largest; each keeps its argmax excluding ``none`` (two-input form).
     - ``snas``: every edge whose argmax is not ``none`` (edge-all form, with
       ``none`` where an edge is dropped); a node may keep any number of edges.
+
+    Masked-out entries (``mask``) are never chosen; a DARTS cell in which some
+    node keeps fewer than two edges is written in the edge-all form.
     """
     w = weights.detach().float().cpu()
     if mask is not None:
         w = w.masked_fill(~mask.cpu(), float("-inf"))
     steps, groups = _edge_groups(w.size(0))
     none = ops.index("none") if "none" in ops else None
-    pairs: List[Pair] = []
-    for node, rows in enumerate(groups):
+    chosen: List[List[Pair]] = []  # per node, its kept (op, input) pairs
+    for rows in groups:
         if rule == "darts":
-            w_ops = w.clone()
+            w_ops = w[rows].clone()
             if none is not None:
                 w_ops[:, none] = float("-inf")
-            strength = [w_ops[r].max().item() for r in rows]
-            best = sorted(range(len(rows)), key=lambda j: -strength[j])[:k]
-            for j in sorted(best, key=lambda j: -strength[j]):
-                pairs.append((ops[int(w_ops[rows[j]].argmax())], j))
+            strength = w_ops.max(-1).values
+            # Strongest first, as DARTS lists them; removed edges are never kept.
+            order = [j for j in strength.argsort(descending=True, stable=True).tolist() if strength[j] > float("-inf")]
+            chosen.append([(ops[int(w_ops[j].argmax())], j) for j in order[:k]])
         elif rule == "snas":
-            for j, r in enumerate(rows):
-                pairs.append((ops[int(w[r].argmax())], j))
+            chosen.append([(ops[int(w[r].argmax())], j) for j, r in enumerate(rows)
+                           if w[r].max() > float("-inf") and ops[int(w[r].argmax())] != "none"])
         else:
             raise ValueError(f"derivation rule must be 'darts' or 'snas', got {rule!r}")
+    if rule == "darts" and all(len(node) == k == 2 for node in chosen):
+        pairs = [p for node in chosen for p in node]
+    else:  # edge-all form: every edge in order, `none` where it is not kept
+        pairs = []
+        for node, rows in zip(chosen, groups):
+            kept = dict((j, op) for op, j in node)
+            pairs += [(kept.get(j, "none"), j) for j in range(len(rows))]
     return pairs, list(range(2, 2 + steps))
 
 
