@@ -164,53 +164,61 @@ class Architecture(nn.Module):
     def probabilities(self, cell_type: str) -> torch.Tensor:
         """The deterministic relaxation of α (softmax, or sigmoid for
         ``sigmoid``), masked: what derivation rules read."""
-        alpha, mask = self.alphas[cell_type], self.mask(cell_type)
-        if self.relaxation == "sigmoid":
-            return torch.sigmoid(alpha) * mask
-        return _masked_softmax(alpha, mask)
+        deterministic = "sigmoid" if self.relaxation == "sigmoid" else "softmax"
+        return relax(self.alphas[cell_type], self.mask(cell_type), deterministic).weights
 
     def weights(self, cell_type: str, batch_size: Optional[int] = None) -> EdgeWeights:
         """Fresh relaxed weights of one cell type (a new sample for the stochastic
         relaxations); ``[B, E, K]`` when ``sample_per == "sample"``."""
         self._check_type(cell_type)
-        alpha, mask = self.alphas[cell_type], self.mask(cell_type)
-        per_sample = self.sample_per == "sample"
-        if per_sample and batch_size is None:
+        if self.sample_per == "sample" and batch_size is None:
             raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
-        if self.relaxation in ("softmax", "sigmoid"):
-            w = self.probabilities(cell_type)
-            if per_sample:
-                w = w.expand(batch_size, *w.shape)
-            return EdgeWeights(w, self._active_from_mask(mask))
-        logits = _masked_logits(alpha, mask)
-        if per_sample:
-            logits = logits.expand(batch_size, *logits.shape)
-        if self.relaxation == "gumbel":
-            w = gumbel_softmax(logits, tau=self.temperature, generator=self.generator)
-            return EdgeWeights(torch.where(mask, w, torch.zeros_like(w)), self._active_from_mask(mask))
-        if self.relaxation == "gumbel_hard":
-            w = gumbel_softmax(logits, tau=self.temperature, hard=True, generator=self.generator)
-        else:  # categorical (DSNAS): one-hot from softmax(α), straight through p
-            hard = gumbel_softmax(logits, tau=1.0, hard=True, generator=self.generator).detach()
-            p = _masked_softmax(alpha, mask)
-            w = hard - p.detach() + p
-        return EdgeWeights(w, self._active_from_hard(w, mask))
-
-    def _active_from_mask(self, mask):
-        if bool(mask.all()):
-            return None
-        return [row.nonzero().flatten().tolist() for row in mask.cpu()]
-
-    def _active_from_hard(self, w, mask):
-        # Run only the selected operation(s): per sample, the union over the batch.
-        chosen = (w.detach() > 0.5) & mask
-        if chosen.dim() == 3:
-            chosen = chosen.any(0)
-        return [row.nonzero().flatten().tolist() for row in chosen.cpu()]
+        return relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
+                     self.generator, batch_size if self.sample_per == "sample" else None)
 
     def extra_repr(self):
         return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "
                 f"relaxation={self.relaxation}, sample_per={self.sample_per}")
+
+
+def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature: float = 1.0,
+          generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None) -> EdgeWeights:
+    """Relaxed weights of ``alpha`` (``[..., K]``) under ``mask`` (see the module
+    docstring); with ``batch_size``, one sample per input sample (``[B, ..., K]``)."""
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"`relaxation` must be one of {RELAXATIONS}, got {relaxation!r}")
+    if relaxation in ("softmax", "sigmoid"):
+        w = torch.sigmoid(alpha) * mask if relaxation == "sigmoid" else _masked_softmax(alpha, mask)
+        if batch_size is not None:
+            w = w.expand(batch_size, *w.shape)
+        return EdgeWeights(w, _active_from_mask(mask))
+    logits = _masked_logits(alpha, mask)
+    if batch_size is not None:
+        logits = logits.expand(batch_size, *logits.shape)
+    if relaxation == "gumbel":
+        w = gumbel_softmax(logits, tau=temperature, generator=generator)
+        return EdgeWeights(torch.where(mask, w, torch.zeros_like(w)), _active_from_mask(mask))
+    if relaxation == "gumbel_hard":
+        w = gumbel_softmax(logits, tau=temperature, hard=True, generator=generator)
+    else:  # categorical (DSNAS): one-hot from softmax(α), straight through p
+        hard = gumbel_softmax(logits, tau=1.0, hard=True, generator=generator).detach()
+        p = _masked_softmax(alpha, mask)
+        w = hard - p.detach() + p
+    return EdgeWeights(w, _active_from_hard(w, mask))
+
+
+def _active_from_mask(mask):
+    if bool(mask.all()):
+        return None
+    return [row.nonzero().flatten().tolist() for row in mask.reshape(-1, mask.size(-1)).cpu()]
+
+
+def _active_from_hard(w, mask):
+    # Run only the selected operation(s): per sample, the union over the batch.
+    chosen = (w.detach() > 0.5) & mask
+    if chosen.dim() > mask.dim():
+        chosen = chosen.any(0)
+    return [row.nonzero().flatten().tolist() for row in chosen.reshape(-1, mask.size(-1)).cpu()]
 
 
 def _masked_logits(alpha, mask):

@@ -1,5 +1,5 @@
 """MixedOp: the candidate operations of one edge, combined by the fused mixed_sum."""
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,21 @@ class MixedOp(nn.Module):
         # DARTS follows each pool by a non-affine BatchNorm in the supernet; NAS-Bench-201 does not.
         self.ops = nn.ModuleList([build_op(self.names[k], C, stride, affine, search=pool_bn) for k in self.materialised])
         self._slot = {k: i for i, k in enumerate(self.materialised)}
+
+    @classmethod
+    def from_modules(cls, candidates: Mapping[str, nn.Module]) -> "MixedOp":
+        """A MixedOp over arbitrary modules with a common output shape (e.g. a
+        layer of an existing model and its alternatives); ``"none"`` stays unrun."""
+        if not candidates:
+            raise ValueError("MixedOp.from_modules: `candidates` must not be empty")
+        op = cls.__new__(cls)
+        nn.Module.__init__(op)
+        op.names = tuple(candidates)
+        op.stride = 1
+        op.materialised = [k for k, name in enumerate(op.names) if name != "none"]
+        op.ops = nn.ModuleList([candidates[op.names[k]] for k in op.materialised])
+        op._slot = {k: i for i, k in enumerate(op.materialised)}
+        return op
 
     def candidates(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None
                    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
