@@ -184,3 +184,23 @@ def test_mixed_op_model_compiles():
     model.eval()
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("space", ["darts", "darts-no-none", "nb201", "s2", "s3", "s4", "s1", "minimal"])
+@pytest.mark.parametrize("relaxation", ["softmax", "sigmoid", "gumbel", "gumbel_hard", "categorical"])
+def test_every_space_with_every_relaxation(space, relaxation):
+    torch.manual_seed(0)
+    kwargs = dict(relaxation=relaxation, generator=torch.Generator().manual_seed(0))
+    if space == "nb201":
+        model = NB201Network(C=4, N=1, **kwargs)
+    elif space == "minimal":
+        model = minimal_cell_network(C=4, layers=3, **kwargs)
+    elif space == "s1":
+        alphas = {t: torch.randn(14, 8) for t in ("normal", "reduce")}
+        model = SearchNetwork(C=4, layers=3, space=s1_from_alphas(alphas), **kwargs)
+    else:
+        model = SearchNetwork(C=4, layers=3, space=space, **kwargs)
+    y = model(torch.randn(2, 3, 8, 8))
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    y.sum().backward()
+    assert all(torch.isfinite(a.grad).all() for a in model.arch_parameters())
