@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (first use) and run pynas from a fresh clone.
-#   ./run.sh bench [args]   the fused-vs-eager kernel benchmark (pynas bench)
-#   ./run.sh test  [args]   the test suite (pytest)
+#   ./run.sh search [args]  an architecture search (pynas search; default: DARTS on the embedded digits)
+#   ./run.sh bench  [args]  the fused-vs-eager kernel benchmark (pynas bench)
+#   ./run.sh test   [args]  the test suite (pytest)
 # The first run creates .venv with the CUDA 13.0 build of torch 2.13.0 and
 # builds pynas into it; later runs reuse both and rebuild only what changed.
 set -euo pipefail
@@ -15,7 +16,7 @@ setup_venv() {
     python3 -m venv $VENV
     # --isolated: the PyPI CUDA wheels, not a locally configured CPU-only one.
     $PY -m pip install --isolated "torch==2.13.0" "torchvision==0.28.0"
-    $PY -m pip install --isolated ninja pytest hypothesis numpy scipy expecttest
+    $PY -m pip install --isolated ninja pytest hypothesis numpy scipy expecttest scikit-learn
     touch $VENV/.pynas-deps-ok
   fi
 }
@@ -37,7 +38,8 @@ build() {
 cmd=${1:-}
 shift || true
 case "$cmd" in
+  search) setup_venv; build; exec $PY -m pynas search "$@" ;;
   bench) setup_venv; build; exec $PY -m pynas bench "$@" ;;
   test)  setup_venv; build; exec $PY -m pytest -q tests "$@" ;;
-  *) echo "usage: ./run.sh bench|test [args]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh search|bench|test [args]" >&2; exit 2 ;;
 esac

@@ -1,19 +1,60 @@
-"""The `pynas` command."""
+"""The `pynas` command: `pynas search` (the main job) and `pynas bench`."""
 import argparse
 import sys
+
+
+def _add_search_arguments(parser):
+    from .search.run import SPACES, RunConfig
+    from .search.strategies import METHODS
+    from .data import DATASETS
+
+    d = RunConfig()
+    parser.add_argument("--space", choices=SPACES, default=d.space)
+    parser.add_argument("--method", choices=tuple(METHODS), default=d.method)
+    parser.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--C", type=int, default=d.C, help="initial channels")
+    parser.add_argument("--layers", type=int, default=d.layers, help="cells")
+    parser.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--w-lr", type=float, default=d.w_lr)
+    parser.add_argument("--a-lr", type=float, default=d.a_lr)
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _search(args):
+    from .search.run import RunConfig, SearchRun
+
+    cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
+                    batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
+                    out=args.out, w_lr=args.w_lr, a_lr=args.a_lr)
+    try:
+        run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"pynas search: {e}", file=sys.stderr)
+        return 2
+    genotype = run.run()
+    print(f"genotype: {genotype}")
+    print(f"run directory: {run.out}")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)")
+    _add_search_arguments(search)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
     bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        return bench_module.run(args)
-    return 2
+    if args.command == "search":
+        return _search(args)
+    return bench_module.run(args)
 
 
 if __name__ == "__main__":

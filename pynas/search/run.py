@@ -1,0 +1,214 @@
+"""A search run: model, data, strategy, a run directory with the config, per-
+epoch metrics (JSON lines), the genotype, and an atomic checkpoint each epoch
+from which ``--resume`` continues exactly."""
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..data import load_dataset, loader, split
+from ..genotype import derive_genotype, derive_nb201
+from ..nn import NB201Network, SearchNetwork, minimal_cell_network
+from .strategies import METHODS, SearchConfig
+
+SPACES = ("darts", "nb201", "s2", "s3", "s4", "minimal")
+
+
+@dataclass
+class RunConfig:
+    space: str = "darts"
+    method: str = "darts"
+    dataset: str = "digits"
+    epochs: int = 6
+    batch_size: int = 64
+    C: int = 8
+    layers: int = 5
+    steps: int = 4
+    seed: int = 0
+    train_fraction: float = 0.5
+    out: Optional[str] = None
+    w_lr: float = 0.025
+    a_lr: float = 3e-4
+
+    def validate(self):
+        if self.space not in SPACES:
+            raise ValueError(f"--space must be one of {SPACES}, got {self.space!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {self.method!r}")
+        for name in ("epochs", "batch_size", "C", "layers", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+def build_model(cfg: RunConfig, info):
+    _, relaxation, arch_kwargs = METHODS[cfg.method]
+    arch_kwargs = dict(arch_kwargs, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    if cfg.space == "nb201":
+        return NB201Network(cfg.C, N=max(1, cfg.layers // 3), num_classes=info.num_classes,
+                            in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+    if cfg.space == "minimal":
+        return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
+                                    relaxation=relaxation, **arch_kwargs)
+    return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
+                         space=cfg.space, in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+
+
+def genotype_of(model):
+    if isinstance(model, NB201Network):
+        return str(derive_nb201(model.arch.probabilities("cell"), model.arch.ops))
+    return str(derive_genotype(model.arch))
+
+
+def _atomic_write(path, write):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _rng_state(model):
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "arch_generator": model.arch.generator.get_state() if model.arch.generator is not None else None}
+
+
+def _set_rng_state(model, state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state["arch_generator"] is not None:
+        model.arch.generator.set_state(state["arch_generator"])
+
+
+def evaluate(model, data, batch_size):
+    model.eval()
+    total, correct, loss = 0, 0, 0.0
+    with torch.no_grad():
+        for x, y in loader(data, batch_size, 0, 0, shuffle=False):
+            logits = model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+            total += len(y)
+    model.train()
+    return loss / max(total, 1), correct / max(total, 1)
+
+
+def _arch_summary(model):
+    out = {}
+    for cell_type in model.arch.cell_types:
+        p = model.arch.probabilities(cell_type).detach()
+        q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+        entropy = -(q * q.clamp_min(1e-12).log()).sum(-1)
+        out[cell_type] = {"probabilities": p.tolist(), "entropy": entropy.tolist()}
+    return out
+
+
+class SearchRun:
+    def __init__(self, cfg: RunConfig, resume: Optional[str] = None, quiet: bool = False):
+        if resume:
+            with open(os.path.join(resume, "config.json")) as f:
+                cfg = RunConfig(**json.load(f))
+            cfg.out = resume
+        cfg.validate()
+        self.cfg, self.quiet = cfg, quiet
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        dataset, self.info = load_dataset(cfg.dataset)
+        self.train_data, self.val_data = split(dataset, cfg.train_fraction, cfg.seed)
+        self.model = build_model(cfg, self.info)
+        strategy_cls = METHODS[cfg.method][0]
+        config = SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, a_lr=cfg.a_lr)
+        steps = math.ceil(len(self.train_data) / cfg.batch_size)
+        self.strategy = strategy_cls(self.model, config, steps)
+        self.epoch = 0
+        self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(self.out, exist_ok=True)
+        self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
+        if resume:
+            self._load()
+        else:
+            _atomic_write(os.path.join(self.out, "config.json"),
+                          lambda p: open(p, "w").write(json.dumps(dataclasses.asdict(cfg), indent=1)))
+
+    # -- checkpoints ----------------------------------------------------------
+    def _save(self):
+        state = {"epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
+                 "rng": _rng_state(self.model)}
+        _atomic_write(self.checkpoint_path, lambda p: torch.save(state, p))
+
+    def _load(self):
+        # Checkpoints hold tensors, numbers and containers only: no pickled code.
+        state = torch.load(self.checkpoint_path, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        _set_rng_state(self.model, state["rng"])
+        self.epoch = state["epoch"]
+        # Metrics of epochs after the checkpoint (a run killed in between) are dropped.
+        path = os.path.join(self.out, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            _atomic_write(path, lambda p: open(p, "w").writelines(kept))
+
+    # -- the loop -------------------------------------------------------------
+    def _log(self, msg):
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def run(self):
+        cfg = self.cfg
+        try:
+            while self.epoch < cfg.epochs:
+                self._epoch()
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the last finished epoch ({self.epoch}) is saved; continue with "
+                  f"`pynas search --resume {self.out}`", file=sys.stderr)
+            raise SystemExit(130)
+        genotype = genotype_of(self.model)
+        _atomic_write(os.path.join(self.out, "genotype.txt"), lambda p: open(p, "w").write(genotype + "\n"))
+        return genotype
+
+    def _epoch(self):
+        cfg = self.cfg
+        train = loader(self.train_data, cfg.batch_size, cfg.seed, self.epoch)
+        val = loader(self.val_data, cfg.batch_size, cfg.seed + 1, self.epoch)
+        val_iter = iter(val)
+        sums, n = {"loss": 0.0, "acc": 0.0}, 0
+        for i, train_batch in enumerate(train):
+            val_batch = None
+            if self.strategy.bilevel:
+                try:
+                    val_batch = next(val_iter)
+                except StopIteration:
+                    val_iter = iter(val)
+                    val_batch = next(val_iter)
+            m = self.strategy.step(train_batch, val_batch)
+            for k in sums:
+                sums[k] += m[k]
+            n += 1
+            if not self.quiet and sys.stdout.isatty():
+                print(f"\repoch {self.epoch + 1}/{cfg.epochs} step {i + 1}/{len(train)} "
+                      f"loss {sums['loss'] / n:.3f} acc {sums['acc'] / n:.3f}", end="", flush=True)
+        self.strategy.epoch_end()
+        val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size)
+        self.epoch += 1
+        record = {"epoch": self.epoch, "train_loss": sums["loss"] / max(n, 1), "train_acc": sums["acc"] / max(n, 1),
+                  "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
+                  "genotype": genotype_of(self.model), "arch": _arch_summary(self.model)}
+        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._save()
+        self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
+                  f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
