@@ -20,6 +20,8 @@ def _add_search_arguments(parser):
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--w-lr", type=float, default=d.w_lr)
     parser.add_argument("--a-lr", type=float, default=d.a_lr)
+    parser.add_argument("--constraint", default=d.constraint, help="SNAS resource constraint: none, mild, moderate, aggressive")
+    parser.add_argument("--cost-estimator", default=d.cost_estimator, help="reparameterised, analytic or policy")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -30,7 +32,8 @@ def _search(args):
 
     cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
                     batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
-                    out=args.out, w_lr=args.w_lr, a_lr=args.a_lr)
+                    out=args.out, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
+                    cost_estimator=args.cost_estimator)
     try:
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

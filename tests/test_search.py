@@ -145,3 +145,15 @@ def test_cli_reports_bad_arguments_in_one_sentence(capsys):
     assert main(["search", "--epochs", "0", "--out", "/tmp/pynas-bad"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
     assert main(["search", "--resume", "/nonexistent/run"]) == 2
+
+
+def test_snas_run_with_a_constraint_logs_its_cost(tmp_path):
+    run = _run(tmp_path, "snas", 1, method="snas", constraint="aggressive", cost_estimator="policy")
+    run.run()
+    record = json.loads(open(tmp_path / "snas" / "metrics.jsonl").readline())
+    assert record["cost"] > 0
+
+
+def test_constraint_needs_snas(capsys):
+    assert main(["search", "--method", "darts", "--constraint", "mild", "--out", "/tmp/pynas-bad"]) == 2
+    assert "--constraint applies to --method snas" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..data import load_dataset, loader, split
 from ..genotype import derive_genotype, derive_nb201
 from ..nn import NB201Network, SearchNetwork, minimal_cell_network
+from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from .strategies import METHODS, SearchConfig
 
 SPACES = ("darts", "nb201", "s2", "s3", "s4", "minimal")
@@ -38,12 +39,22 @@ class RunConfig:
     out: Optional[str] = None
     w_lr: float = 0.025
     a_lr: float = 3e-4
+    constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
+    cost_estimator: str = "reparameterised"
 
     def validate(self):
         if self.space not in SPACES:
             raise ValueError(f"--space must be one of {SPACES}, got {self.space!r}")
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {tuple(METHODS)}, got {self.method!r}")
+        if self.constraint != "none" and self.method != "snas":
+            raise ValueError(f"--constraint applies to --method snas, not {self.method}")
+        if self.constraint != "none" and self.space == "nb201":
+            raise ValueError("--constraint needs a DARTS-style space, not nb201")
+        if self.constraint not in ("none", *PRESETS):
+            raise ValueError(f"--constraint must be one of none, {', '.join(PRESETS)}; got {self.constraint!r}")
+        if self.cost_estimator not in ESTIMATORS:
+            raise ValueError(f"--cost-estimator must be one of {ESTIMATORS}, got {self.cost_estimator!r}")
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -131,7 +142,11 @@ class SearchRun:
         strategy_cls = METHODS[cfg.method][0]
         config = SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, a_lr=cfg.a_lr)
         steps = math.ceil(len(self.train_data) / cfg.batch_size)
-        self.strategy = strategy_cls(self.model, config, steps)
+        extra = {}
+        if cfg.constraint != "none":
+            extra = dict(constraint=ResourceConstraint(PRESETS[cfg.constraint], cfg.cost_estimator),
+                         image_size=self.info.image_size)
+        self.strategy = strategy_cls(self.model, config, steps, **extra)
         self.epoch = 0
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(self.out, exist_ok=True)
@@ -206,6 +221,7 @@ class SearchRun:
         self.epoch += 1
         record = {"epoch": self.epoch, "train_loss": sums["loss"] / max(n, 1), "train_acc": sums["acc"] / max(n, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
+                  "cost": getattr(self.strategy, "last_cost", None),
                   "genotype": genotype_of(self.model), "arch": _arch_summary(self.model)}
         with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")

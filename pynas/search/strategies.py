@@ -187,6 +187,31 @@ class SingleLevel(Strategy):
         return _metrics(loss, logits, train_batch[1])
 
 
+class Snas(SingleLevel):
+    """SNAS: single-level with soft Gumbel samples (the relaxation of the
+    model's ``arch``) and, optionally, the resource constraint λ·E_Z[C(Z)]."""
+
+    name = "snas"
+
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, constraint=None,
+                 image_size: Optional[int] = None):
+        super().__init__(model, config, steps_per_epoch, loss_fn)
+        self.constraint = constraint
+        if constraint is not None:
+            if image_size is None:
+                raise ValueError("Snas: a resource constraint needs `image_size`")
+            self.tables = constraint.tables(model, image_size)
+        self.last_cost = 0.0
+
+    def loss(self, batch):
+        loss, logits = super().loss(batch)
+        if self.constraint is None or not torch.is_grad_enabled():
+            return loss, logits
+        penalty = self.constraint.penalty(self.model.arch, self.tables)
+        self.last_cost = float(penalty.detach())
+        return loss + penalty, logits
+
+
 class FixedAlpha(Strategy):
     """α frozen (uniform): trains the supernet alone, for perturbation-based
     selection with fixed α (DARTS-PT Sec. 6.3)."""
@@ -216,7 +241,7 @@ METHODS = {
     "darts": (DartsFirstOrder, "softmax", {}),
     "darts-2nd": (DartsSecondOrder, "softmax", {}),
     "single-level": (SingleLevel, "softmax", {}),
-    "snas": (SingleLevel, "gumbel", {}),
+    "snas": (Snas, "gumbel", {}),
     "gdas": (DartsFirstOrder, "gumbel_hard", {}),
     "dsnas": (SingleLevel, "categorical", {}),
     "fixed": (FixedAlpha, "softmax", {"init": "zeros"}),

@@ -1,0 +1,91 @@
+"""SNAS resource costs (App. F) and the three estimators of E_Z[C(Z)]."""
+import pytest
+import torch
+import torch.nn as nn
+
+from pynas.nn import DARTS, NB201, SearchNetwork
+from pynas.nn.ops import build_op
+from pynas.search.cost import ResourceConstraint, network_costs, op_costs
+
+
+@pytest.mark.parametrize("name", sorted(set(DARTS.ops) | set(NB201.ops)))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_parameter_size_equals_the_ops_convolution_weights(name, stride):
+    # Eq. 35 summed over an op's convolutions = the weights of the module pynas builds.
+    module = build_op(name, 16, stride, affine=False)
+    conv_weights = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d))
+    assert op_costs(name, 16, stride, 32, 32)[0] == conv_weights
+
+
+def test_known_shapes_by_hand():
+    C, H = 16, 32
+    # sep_conv_3x3, stride 1: (dw 3x3 + pw 1x1) twice.
+    p = 2 * (9 * C * C / C + C * C)
+    assert op_costs("sep_conv_3x3", C, 1, H, H) == (p, H * H * p, 4 * H * H * (C + C) + p)
+    # dil_conv_5x5, stride 2: dw 5x5 at stride 2 then pw 1x1, on a 16x16 output.
+    p_dw, p_pw = 25 * C * C / C, C * C
+    assert op_costs("dil_conv_5x5", C, 2, H, H) == (p_dw + p_pw, 256 * (p_dw + p_pw), 256 * 2 * (2 * C) + p_dw + p_pw)
+    # Pool (Eq. 38, 40), skip (Eq. 39, 40), none.
+    assert op_costs("max_pool_3x3", C, 1, H, H) == (0, H * H * 9 * C * C, H * H * 2 * C)
+    assert op_costs("skip_connect", C, 1, H, H) == (0, 0, H * H * 2 * C)
+    assert op_costs("none", C, 1, H, H) == (0, 0, 0)
+    with pytest.raises(ValueError, match="no resource cost formula"):
+        op_costs("mystery_op", C, 1, H, H)
+
+
+def test_network_cost_tables_sum_the_cells_of_each_type():
+    model = SearchNetwork(C=4, layers=5, steps=2, multiplier=2, in_channels=1)
+    tables = network_costs(model, 16)
+    k = DARTS.ops.index("sep_conv_3x3")
+    # normal cells: 0 (C=4, 16x16), 2 (C=8, 8x8), 4 (C=16, 4x4); edge 0 is from input 0, stride 1.
+    want = sum(op_costs("sep_conv_3x3", C, 1, H, H)[0] for C, H in ((4, 16), (8, 8), (16, 4)))
+    assert tables["normal"][0, 0, k] == want
+    assert tables["normal"].shape == (3, 5, 8) and tables["reduce"].shape == (3, 5, 8)
+
+
+def test_three_estimators_agree_in_expectation():
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, layers=3, steps=2, multiplier=2, in_channels=1, relaxation="gumbel",
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a.copy_(torch.randn_like(a))
+    model.arch.temperature = 0.02  # soft samples close to one-hot: E[Z] ≈ softmax(α)
+    constraint = ResourceConstraint(weight=1.0)
+    tables = constraint.tables(model, 8)
+    alphas = list(model.arch_parameters())
+
+    def estimate(estimator, n):
+        constraint.estimator = estimator
+        values, grads = [], []
+        for _ in range(n):
+            value = constraint.penalty(model.arch, tables)
+            grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(value, alphas)]))
+            values.append(float(value))
+        return torch.tensor(values), torch.stack(grads)
+
+    exact_value, exact_grad = estimate("analytic", 1)
+    samples = {e: estimate(e, 1500) for e in ("reparameterised", "policy")}
+    for values, _ in samples.values():
+        se = values.std() / len(values) ** 0.5
+        assert abs(values.mean() - exact_value[0]) < 5 * se + 1e-3
+    # The score-function gradient is unbiased for the analytic one.
+    grads = samples["policy"][1]
+    mean, se = grads.mean(0), grads.std(0) / len(grads) ** 0.5
+    assert ((mean - exact_grad[0]).abs() <= 5 * se + 1e-4).float().mean() > 0.97
+
+
+def test_snas_with_constraint_runs_and_prefers_cheap_ops():
+    from pynas.search import SearchConfig, Snas
+
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation="gumbel",
+                          generator=torch.Generator().manual_seed(0))
+    constraint = ResourceConstraint(weight=100.0, estimator="analytic")
+    strategy = Snas(model, SearchConfig(epochs=1, a_lr=0.05), 20, constraint=constraint, image_size=8)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    for _ in range(20):
+        strategy.step((x, y), None)
+    p = model.arch.probabilities("normal")
+    cheap = [DARTS.ops.index(o) for o in ("none", "skip_connect")]
+    assert p[:, cheap].sum(-1).mean() > 0.5  # a heavy constraint pushes α to free operations
