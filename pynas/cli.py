@@ -12,6 +12,9 @@ def _add_search_arguments(parser):
     parser.add_argument("--space", choices=SPACES, default=d.space)
     parser.add_argument("--method", choices=tuple(METHODS), default=d.method)
     parser.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    parser.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
+    parser.add_argument("--download", action="store_true", help="download the dataset into --data")
+    parser.add_argument("--cutout", type=int, default=0, help="cutout length (0: off)")
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--C", type=int, default=d.C, help="initial channels")
@@ -32,7 +35,7 @@ def _search(args):
 
     cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
                     batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
-                    out=args.out, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
+                    out=args.out, data=args.data, download=args.download, cutout=args.cutout, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
                     cost_estimator=args.cost_estimator)
     try:
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)

@@ -39,6 +39,9 @@ class RunConfig:
     out: Optional[str] = None
     w_lr: float = 0.025
     a_lr: float = 3e-4
+    data: Optional[str] = None
+    download: bool = False
+    cutout: int = 0
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
     cost_estimator: str = "reparameterised"
 
@@ -136,7 +139,7 @@ class SearchRun:
         self.cfg, self.quiet = cfg, quiet
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        dataset, self.info = load_dataset(cfg.dataset)
+        dataset, self.info = load_dataset(cfg.dataset, cfg.data, cfg.cutout, cfg.download)
         self.train_data, self.val_data = split(dataset, cfg.train_fraction, cfg.seed)
         self.model = build_model(cfg, self.info)
         strategy_cls = METHODS[cfg.method][0]

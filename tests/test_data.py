@@ -1,0 +1,87 @@
+"""Dataset readers on tiny files written in the datasets' own on-disk formats."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pynas.cli import main
+from pynas.data import load_dataset, split
+
+
+def write_cifar10(root, n=6):
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        batch[b"labels"] = [int(v) for v in batch[b"labels"]]
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return folder
+
+
+def test_cifar10_reader_and_augmentation(tmp_path):
+    write_cifar10(str(tmp_path))
+    data, info = load_dataset("cifar10", str(tmp_path), cutout=8)
+    assert len(data) == 30 and info.num_classes == 10 and info.image_size == 32
+    x, y = data[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= int(y) < 10
+    # Without augmentation the normalised image is exactly the stored pixels.
+    data.train = False
+    batch = pickle.load(open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="bytes")
+    raw = torch.tensor(batch[b"data"][0]).view(3, 32, 32).float() / 255
+    torch.testing.assert_close(data[0][0] * data.std + data.mean, raw)
+
+
+def test_cifar100_and_svhn_readers(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"fine_labels": [1, 99, 5, 0]}, f)
+    data, info = load_dataset("cifar100", str(tmp_path))
+    assert len(data) == 4 and info.num_classes == 100 and int(data[1][1]) == 99
+    from scipy.io import savemat
+
+    savemat(tmp_path / "train_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8),
+                                            "y": np.array([[10], [1], [2], [3], [9]])})
+    data, info = load_dataset("svhn", str(tmp_path))
+    assert len(data) == 5 and int(data[0][1]) == 0  # SVHN's label 10 is the digit 0
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+    folder = write_cifar10(str(tmp_path))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(os.path.join(folder, "data_batch_1"), "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_missing_data_is_one_clear_sentence(tmp_path, capsys):
+    assert main(["search", "--dataset", "cifar10", "--out", str(tmp_path / "r")]) == 2
+    assert "needs --data DIR" in capsys.readouterr().err
+    assert main(["search", "--dataset", "cifar10", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_split_is_seeded_and_disjoint():
+    data, _ = load_dataset("digits")
+    a1, b1 = split(data, 0.5, seed=3)
+    a2, _ = split(data, 0.5, seed=3)
+    assert a1.indices == a2.indices and not set(a1.indices) & set(b1.indices)
+    assert len(a1) + len(b1) == len(data) == 1797
+
+
+def test_search_runs_on_a_cifar_format_folder(tmp_path):
+    write_cifar10(str(tmp_path / "data"))
+    assert main(["search", "--dataset", "cifar10", "--data", str(tmp_path / "data"), "--epochs", "1", "--C", "2",
+                 "--layers", "3", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "genotype.txt").exists()
