@@ -28,23 +28,32 @@ def _add_search_arguments(parser):
     parser.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="data-parallel processes on this machine (or launch with torchrun)")
 
 
-def _search(args):
+def _search(args, argv=None):
+    from .search import distributed
     from .search.run import RunConfig, SearchRun
 
+    if args.nproc > 1 and not distributed.launched():
+        return distributed.spawn(args.nproc, argv if argv is not None else sys.argv[1:], args.device)
+    distributed.init_if_launched(args.device)
     cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
                     batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
                     out=args.out, data=args.data, download=args.download, cutout=args.cutout, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
-                    cost_estimator=args.cost_estimator)
+                    cost_estimator=args.cost_estimator, device=args.device)
     try:
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"pynas search: {e}", file=sys.stderr)
         return 2
     genotype = run.run()
-    print(f"genotype: {genotype}")
-    print(f"run directory: {run.out}")
+    if run.rank == 0:
+        print(f"genotype: {genotype}")
+        print(f"run directory: {run.out}")
+    distributed.finish()
     return 0
 
 
@@ -59,7 +68,7 @@ def main(argv=None) -> int:
     bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "search":
-        return _search(args)
+        return _search(args, argv)
     return bench_module.run(args)
 
 

@@ -157,3 +157,14 @@ def test_snas_run_with_a_constraint_logs_its_cost(tmp_path):
 def test_constraint_needs_snas(capsys):
     assert main(["search", "--method", "darts", "--constraint", "mild", "--out", "/tmp/pynas-bad"]) == 2
     assert "--constraint applies to --method snas" in capsys.readouterr().err
+
+
+def test_two_processes_end_with_identical_alpha(tmp_path):
+    out = tmp_path / "ddp"
+    code = main(["search", "--nproc", "2", "--method", "snas", "--epochs", "2", "--C", "2", "--layers", "3",
+                 "--steps", "2", "--batch-size", "64", "--out", str(out), "--quiet"])
+    assert code == 0
+    records = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
+    assert all(r["ranks_agree"] for r in records)
+    assert (out / "genotype.txt").read_text().startswith("Genotype(")

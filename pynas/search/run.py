@@ -42,6 +42,7 @@ class RunConfig:
     data: Optional[str] = None
     download: bool = False
     cutout: int = 0
+    device: str = "cpu"
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
     cost_estimator: str = "reparameterised"
 
@@ -58,6 +59,10 @@ class RunConfig:
             raise ValueError(f"--constraint must be one of none, {', '.join(PRESETS)}; got {self.constraint!r}")
         if self.cost_estimator not in ESTIMATORS:
             raise ValueError(f"--cost-estimator must be one of {ESTIMATORS}, got {self.cost_estimator!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but no GPU is visible")
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -65,7 +70,8 @@ class RunConfig:
 
 def build_model(cfg: RunConfig, info):
     _, relaxation, arch_kwargs = METHODS[cfg.method]
-    arch_kwargs = dict(arch_kwargs, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    # Seeded alike on every rank: data-parallel ranks draw the same samples.
+    arch_kwargs = dict(arch_kwargs, generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
     if cfg.space == "nb201":
         return NB201Network(cfg.C, N=max(1, cfg.layers // 3), num_classes=info.num_classes,
                             in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
@@ -106,11 +112,12 @@ def _set_rng_state(model, state):
         model.arch.generator.set_state(state["arch_generator"])
 
 
-def evaluate(model, data, batch_size):
+def evaluate(model, data, batch_size, device="cpu"):
     model.eval()
     total, correct, loss = 0, 0, 0.0
     with torch.no_grad():
         for x, y in loader(data, batch_size, 0, 0, shuffle=False):
+            x, y = x.to(device), y.to(device)
             logits = model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())
@@ -129,6 +136,12 @@ def _arch_summary(model):
     return out
 
 
+def _distributed():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class SearchRun:
     def __init__(self, cfg: RunConfig, resume: Optional[str] = None, quiet: bool = False):
         if resume:
@@ -141,7 +154,8 @@ class SearchRun:
         random.seed(cfg.seed)
         dataset, self.info = load_dataset(cfg.dataset, cfg.data, cfg.cutout, cfg.download)
         self.train_data, self.val_data = split(dataset, cfg.train_fraction, cfg.seed)
-        self.model = build_model(cfg, self.info)
+        self.rank, self.world = _distributed()
+        self.model = build_model(cfg, self.info).to(cfg.device)
         strategy_cls = METHODS[cfg.method][0]
         config = SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, a_lr=cfg.a_lr)
         steps = math.ceil(len(self.train_data) / cfg.batch_size)
@@ -152,37 +166,44 @@ class SearchRun:
         self.strategy = strategy_cls(self.model, config, steps, **extra)
         self.epoch = 0
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.makedirs(self.out, exist_ok=True)
+        if self.world > 1:  # one run directory: rank 0's name
+            names = [self.out]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.out = names[0]
         self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
+        if self.rank == 0:
+            os.makedirs(self.out, exist_ok=True)
         if resume:
             self._load()
-        else:
+        elif self.rank == 0:
             _atomic_write(os.path.join(self.out, "config.json"),
                           lambda p: open(p, "w").write(json.dumps(dataclasses.asdict(cfg), indent=1)))
 
     # -- checkpoints ----------------------------------------------------------
     def _save(self):
+        if self.rank != 0:  # every rank holds the same weights' gradients and α; rank 0 writes
+            return
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": _rng_state(self.model)}
         _atomic_write(self.checkpoint_path, lambda p: torch.save(state, p))
 
     def _load(self):
         # Checkpoints hold tensors, numbers and containers only: no pickled code.
-        state = torch.load(self.checkpoint_path, weights_only=True)
+        state = torch.load(self.checkpoint_path, weights_only=True, map_location=self.cfg.device)
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         _set_rng_state(self.model, state["rng"])
         self.epoch = state["epoch"]
         # Metrics of epochs after the checkpoint (a run killed in between) are dropped.
         path = os.path.join(self.out, "metrics.jsonl")
-        if os.path.exists(path):
+        if self.rank == 0 and os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.epoch]
             _atomic_write(path, lambda p: open(p, "w").writelines(kept))
 
     # -- the loop -------------------------------------------------------------
     def _log(self, msg):
-        if not self.quiet:
+        if not self.quiet and self.rank == 0:
             print(msg, flush=True)
 
     def run(self):
@@ -195,13 +216,30 @@ class SearchRun:
                   f"`pynas search --resume {self.out}`", file=sys.stderr)
             raise SystemExit(130)
         genotype = genotype_of(self.model)
-        _atomic_write(os.path.join(self.out, "genotype.txt"), lambda p: open(p, "w").write(genotype + "\n"))
+        if self.rank == 0:
+            _atomic_write(os.path.join(self.out, "genotype.txt"), lambda p: open(p, "w").write(genotype + "\n"))
+            _atomic_write(os.path.join(self.out, "genotype.json"),
+                          lambda p: open(p, "w").write(json.dumps({"genotype": genotype}) + "\n"))
         return genotype
+
+    def _ranks_agree(self) -> bool:
+        """Whether every rank holds bit-identical α (checked, not assumed)."""
+        alpha = torch.cat([a.detach().flatten() for a in self.model.arch_parameters()]).cpu()
+        gathered = [torch.empty_like(alpha) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, alpha)
+        return all(torch.equal(alpha, other) for other in gathered)
+
+    def _loader(self, data, seed):
+        if self.world == 1:
+            return loader(data, self.cfg.batch_size, seed, self.epoch)
+        sampler = torch.utils.data.DistributedSampler(data, self.world, self.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(self.epoch)
+        return torch.utils.data.DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler)
 
     def _epoch(self):
         cfg = self.cfg
-        train = loader(self.train_data, cfg.batch_size, cfg.seed, self.epoch)
-        val = loader(self.val_data, cfg.batch_size, cfg.seed + 1, self.epoch)
+        train = self._loader(self.train_data, cfg.seed)
+        val = self._loader(self.val_data, cfg.seed + 1)
         val_iter = iter(val)
         sums, n = {"loss": 0.0, "acc": 0.0}, 0
         for i, train_batch in enumerate(train):
@@ -216,18 +254,21 @@ class SearchRun:
             for k in sums:
                 sums[k] += m[k]
             n += 1
-            if not self.quiet and sys.stdout.isatty():
+            if not self.quiet and self.rank == 0 and sys.stdout.isatty():
                 print(f"\repoch {self.epoch + 1}/{cfg.epochs} step {i + 1}/{len(train)} "
                       f"loss {sums['loss'] / n:.3f} acc {sums['acc'] / n:.3f}", end="", flush=True)
         self.strategy.epoch_end()
-        val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size)
+        val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size, cfg.device)
         self.epoch += 1
         record = {"epoch": self.epoch, "train_loss": sums["loss"] / max(n, 1), "train_acc": sums["acc"] / max(n, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
                   "cost": getattr(self.strategy, "last_cost", None),
                   "genotype": genotype_of(self.model), "arch": _arch_summary(self.model)}
-        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.world > 1:
+            record["ranks_agree"] = self._ranks_agree()
+        if self.rank == 0:
+            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
         self._save()
         self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")

@@ -53,10 +53,24 @@ class Strategy:
         self.a_opt = torch.optim.Adam(self.alphas, lr=config.a_lr, betas=config.a_betas,
                                       weight_decay=config.a_weight_decay) if self.alphas else None
         self.global_step = 0
+        self.device = next(iter(self.weights)).device
+
+    def sync(self, params: List[torch.Tensor]) -> None:
+        """Averages gradients over processes (data parallel); a no-op alone.
+        Every rank makes the same calls in the same order, so every rank steps
+        with bit-identical gradients and keeps bit-identical α."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
 
     # -- pieces ---------------------------------------------------------------
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
+        x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
         logits = self.model(x)
         return self.loss_fn(logits, y), logits
 
@@ -67,6 +81,7 @@ class Strategy:
         grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
         for w, g in zip(self.weights, grads):
             w.grad = g
+        self.sync(self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
         return _metrics(loss, logits, batch[1])
@@ -77,6 +92,7 @@ class Strategy:
         grads = torch.autograd.grad(loss, self.alphas)
         for a, g in zip(self.alphas, grads):
             a.grad = g
+        self.sync(self.alphas)
         self.a_opt.step()
 
     def progress(self) -> float:
@@ -162,6 +178,7 @@ class DartsSecondOrder(Strategy):
         self.a_opt.zero_grad(set_to_none=True)
         for a, ga, gp, gn in zip(self.alphas, g_alpha, g_pos, g_neg):
             a.grad = ga - eta * (gp - gn) / (2 * R)
+        self.sync(self.alphas)
         self.a_opt.step()
 
 
@@ -179,6 +196,7 @@ class SingleLevel(Strategy):
             self.a_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(train_batch)
         loss.backward()
+        self.sync(self.weights + self.alphas)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
         if self.a_opt is not None:
@@ -233,6 +251,7 @@ def _zero_if_none(g, like):
 
 
 def _metrics(loss, logits, y):
+    y = y.to(logits.device)
     return {"loss": float(loss.detach()), "acc": float((logits.detach().argmax(-1) == y).float().mean())}
 
 
