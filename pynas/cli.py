@@ -29,8 +29,36 @@ def _add_search_arguments(parser):
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    parser.add_argument("--s1-from", default=None, metavar="RUN_DIR",
+                        help="for --space s1: a DARTS search run whose top-2 operations per edge form S1")
+    parser.add_argument("--relaxation", default=None, help="override the method's relaxation (e.g. sigmoid)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="published settings; explicit options still win")
+    parser.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the supernet")
     parser.add_argument("--nproc", type=int, default=1,
                         help="data-parallel processes on this machine (or launch with torchrun)")
+
+
+# Published settings by name (explicit command-line options override them).
+PRESETS = {
+    # Single-DARTS on NAS-Bench-201 (002 App. B): 50 epochs, batch 64, SGD lr 0.005, Adam 3e-4.
+    "single-darts-nb201": dict(space="nb201", method="single-level", epochs=50, batch_size=64, w_lr=0.005,
+                               a_lr=3e-4),
+    # DARTS' CIFAR-10 search: C = 16, 8 cells, 50 epochs, batch 64.
+    "darts-cifar10": dict(space="darts", method="darts", dataset="cifar10", epochs=50, batch_size=64, C=16,
+                          layers=8),
+}
+
+
+def _apply_preset(args, argv):
+    if args.preset is None:
+        return
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv or sys.argv[1:]) if a.startswith("--")}
+    for key, value in PRESETS[args.preset].items():
+        if key not in given:
+            setattr(args, key, value)
 
 
 def _search(args, argv=None):
@@ -40,10 +68,12 @@ def _search(args, argv=None):
     if args.nproc > 1 and not distributed.launched():
         return distributed.spawn(args.nproc, argv if argv is not None else sys.argv[1:], args.device)
     distributed.init_if_launched(args.device)
+    _apply_preset(args, argv)
     cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
                     batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
                     out=args.out, data=args.data, download=args.download, cutout=args.cutout, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
-                    cost_estimator=args.cost_estimator, device=args.device)
+                    cost_estimator=args.cost_estimator, device=args.device, relaxation=args.relaxation,
+                    amp=args.amp, channels_last=args.channels_last, compile=args.compile, s1_from=args.s1_from)
     try:
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

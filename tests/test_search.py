@@ -168,3 +168,24 @@ def test_two_processes_end_with_identical_alpha(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
     assert all(r["ranks_agree"] for r in records)
     assert (out / "genotype.txt").read_text().startswith("Genotype(")
+
+
+def test_gpu_user_options_and_presets_run_on_cpu(tmp_path):
+    out = tmp_path / "opts"
+    assert main(["search", "--preset", "single-darts-nb201", "--epochs", "1", "--C", "2", "--layers", "3",
+                 "--relaxation", "sigmoid", "--amp", "bf16", "--channels-last", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["space"] == "nb201" and config["method"] == "single-level" and config["w_lr"] == 0.005
+    assert config["epochs"] == 1 and config["relaxation"] == "sigmoid"
+    assert "|" in (out / "genotype.txt").read_text()
+
+
+def test_s1_space_from_a_darts_run(tmp_path, capsys):
+    darts = _run(tmp_path, "darts", 1)
+    darts.run()
+    assert main(["search", "--space", "s1", "--out", str(tmp_path / "x")]) == 2
+    assert "--s1-from" in capsys.readouterr().err
+    s1 = _run(tmp_path, "s1", 1, space="s1", s1_from=str(tmp_path / "darts"))
+    for cell in s1.model.cells:
+        assert all(len(edge.materialised) <= 2 for edge in cell.edges)
+    s1.run()

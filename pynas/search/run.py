@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from ..data import load_dataset, loader, split
 from ..genotype import derive_genotype, derive_nb201
-from ..nn import NB201Network, SearchNetwork, minimal_cell_network
+from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from .strategies import METHODS, SearchConfig
 
-SPACES = ("darts", "nb201", "s2", "s3", "s4", "minimal")
+SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "minimal")
 
 
 @dataclass
@@ -43,6 +43,11 @@ class RunConfig:
     download: bool = False
     cutout: int = 0
     device: str = "cpu"
+    s1_from: Optional[str] = None  # S1: the run directory of a DARTS search whose top-2 ops per edge form it
+    relaxation: Optional[str] = None  # overrides the method's relaxation (e.g. sigmoid for single-level)
+    amp: str = "none"  # "bf16": autocast
+    channels_last: bool = False
+    compile: bool = False
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
     cost_estimator: str = "reparameterised"
 
@@ -59,6 +64,15 @@ class RunConfig:
             raise ValueError(f"--constraint must be one of none, {', '.join(PRESETS)}; got {self.constraint!r}")
         if self.cost_estimator not in ESTIMATORS:
             raise ValueError(f"--cost-estimator must be one of {ESTIMATORS}, got {self.cost_estimator!r}")
+        from ..arch import RELAXATIONS
+
+        if self.relaxation is not None and self.relaxation not in RELAXATIONS:
+            raise ValueError(f"--relaxation must be one of {RELAXATIONS}, got {self.relaxation!r}")
+        if self.space == "s1" and not self.s1_from:
+            raise ValueError("--space s1 needs --s1-from RUN_DIR: a finished DARTS search whose top-2 "
+                             "operations per edge define the space")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"--amp must be none or bf16, got {self.amp!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -70,6 +84,9 @@ class RunConfig:
 
 def build_model(cfg: RunConfig, info):
     _, relaxation, arch_kwargs = METHODS[cfg.method]
+    relaxation = cfg.relaxation or relaxation
+    if relaxation == "sigmoid" and "init" not in arch_kwargs:
+        arch_kwargs = dict(arch_kwargs, init=-math.log(7))  # Single-DARTS: sigmoid(α) = 1/8 at the start
     # Seeded alike on every rank: data-parallel ranks draw the same samples.
     arch_kwargs = dict(arch_kwargs, generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
     if cfg.space == "nb201":
@@ -78,8 +95,21 @@ def build_model(cfg: RunConfig, info):
     if cfg.space == "minimal":
         return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
                                     relaxation=relaxation, **arch_kwargs)
+    space = s1_space(cfg.s1_from) if cfg.space == "s1" else cfg.space
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
-                         space=cfg.space, in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+                         space=space, in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+
+
+def s1_space(run_dir: str):
+    """S1 (DARTS-PT App. A.2): the top-2 operations per edge of a DARTS search's α."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--s1-from: no checkpoint at {path}")
+    state = torch.load(path, weights_only=True, map_location="cpu")["model"]
+    alphas = {t: state[f"arch.alphas.{t}"] for t in ("normal", "reduce") if f"arch.alphas.{t}" in state}
+    if set(alphas) != {"normal", "reduce"} or alphas["normal"].size(-1) != len(DARTS.ops):
+        raise ValueError(f"--s1-from: {run_dir} is not a search over the DARTS space")
+    return s1_from_alphas(alphas)
 
 
 def genotype_of(model):
@@ -164,6 +194,13 @@ class SearchRun:
             extra = dict(constraint=ResourceConstraint(PRESETS[cfg.constraint], cfg.cost_estimator),
                          image_size=self.info.image_size)
         self.strategy = strategy_cls(self.model, config, steps, **extra)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.strategy.channels_last = True
+        if cfg.amp == "bf16":
+            self.strategy.autocast_dtype = torch.bfloat16
+        if cfg.compile:
+            self.strategy.forward = torch.compile(self.model)
         self.epoch = 0
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if self.world > 1:  # one run directory: rank 0's name

@@ -54,6 +54,9 @@ class Strategy:
                                       weight_decay=config.a_weight_decay) if self.alphas else None
         self.global_step = 0
         self.device = next(iter(self.weights)).device
+        self.forward = model  # may be replaced by a torch.compile'd model
+        self.autocast_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16
+        self.channels_last = False
 
     def sync(self, params: List[torch.Tensor]) -> None:
         """Averages gradients over processes (data parallel); a no-op alone.
@@ -71,7 +74,12 @@ class Strategy:
     # -- pieces ---------------------------------------------------------------
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
-        logits = self.model(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(x) if self.forward is self.model else self.forward(x)
+        logits = logits.float()
         return self.loss_fn(logits, y), logits
 
     def weight_step(self, batch: Batch) -> Dict[str, float]:
