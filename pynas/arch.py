@@ -16,6 +16,7 @@ A boolean mask per cell type fixes an edge to one operation, removes an
 operation or removes an edge (perturbation-based selection); masked entries get
 weight 0 and are never run.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -100,6 +101,7 @@ class Architecture(nn.Module):
         self.alphas = nn.ParameterDict({t: nn.Parameter(self._initial(init, num_edges, K)) for t in self.cell_types})
         for t in self.cell_types:
             self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
+        self._dropped: Dict[str, torch.Tensor] = {}
 
     @staticmethod
     def _initial(init, E, K):
@@ -173,8 +175,32 @@ class Architecture(nn.Module):
         self._check_type(cell_type)
         if self.sample_per == "sample" and batch_size is None:
             raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
-        return relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
-                     self.generator, batch_size if self.sample_per == "sample" else None)
+        w = relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
+                  self.generator, batch_size if self.sample_per == "sample" else None)
+        dropped = self._dropped.get(cell_type)
+        if dropped is None:
+            return w
+        keep = self.mask(cell_type) & ~dropped
+        active = w.active if w.active is not None else [list(range(len(self.ops)))] * self.num_edges
+        active = [[k for k in row if keep[e, k]] for e, row in enumerate(active)]
+        return EdgeWeights(w.weights.masked_fill(dropped.to(w.weights.device), 0.0), active)
+
+    @contextlib.contextmanager
+    def perturbed(self, cell_type: str, edge: int, op=None):
+        """Within the block, operation ``op`` of ``edge`` (or the whole edge when
+        ``op`` is None) has weight 0 and is not run; the other weights are *not*
+        renormalised (DARTS-PT's perturbation). Nothing persists afterwards."""
+        self._check_edge(edge)
+        dropped = torch.zeros_like(self.mask(cell_type))
+        if op is None:
+            dropped[edge] = True
+        else:
+            dropped[edge, self._op_index(op)] = True
+        self._dropped[cell_type] = dropped
+        try:
+            yield
+        finally:
+            del self._dropped[cell_type]
 
     def extra_repr(self):
         return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "

@@ -15,7 +15,6 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark
 
 from .functional import edge_cost, gumbel_softmax, mixed_sum
 
@@ -45,6 +44,8 @@ def _time(fn, device, min_run_time):
     fn()  # warm-up (allocator, lazy init)
     if device == "cuda":
         torch.cuda.synchronize()
+    from torch.utils import benchmark  # imported late: it pulls in cpp_extension, noisy without CUDA
+
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median
 

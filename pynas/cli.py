@@ -1,5 +1,6 @@
 """The `pynas` command: `pynas search` (the main job) and `pynas bench`."""
 import argparse
+import os
 import sys
 
 
@@ -87,11 +88,51 @@ def _search(args, argv=None):
     return 0
 
 
+def _add_select_arguments(parser):
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a search run directory")
+    parser.add_argument("--method", choices=("magnitude", "snas", "nb201", "pt", "pt-mag"), default="pt")
+    parser.add_argument("--crit", choices=("acc", "loss"), default="acc")
+    parser.add_argument("--tune-epochs", type=int, default=5)
+    parser.add_argument("--val-batches", type=int, default=None, help="validation batches per measurement (all)")
+    parser.add_argument("--phases", default="operation,topology")
+    parser.add_argument("--out", default=None, help="where to write (default: RUN_DIR/select-<method>)")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def _select(args):
+    from .search.run import load_run
+    from .select import PTSelection, select_by_rule
+
+    try:
+        cfg, model, train_data, val_data = load_run(args.run)
+        if args.method in ("magnitude", "snas", "nb201"):
+            genotype = select_by_rule(model, args.method)
+        else:
+            out = args.out or os.path.join(args.run, f"select-{args.method}")
+            pt = PTSelection(model, train_data, val_data, out, seed=cfg.seed, crit=args.crit,
+                             tune_epochs=args.tune_epochs, val_batches=args.val_batches, batch_size=cfg.batch_size,
+                             phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
+                             fixed_alpha=cfg.method == "fixed", device=cfg.device,
+                             log=(lambda *a: None) if args.quiet else print)
+            if pt.resume():
+                print(f"resuming: {len(pt.trail)} decisions already made")
+            genotype = str(pt.run())
+            with open(os.path.join(out, "genotype.txt"), "w") as f:
+                f.write(genotype + "\n")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pynas select: {e}", file=sys.stderr)
+        return 2
+    print(f"genotype: {genotype}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)")
     _add_search_arguments(search)
+    select = commands.add_parser("select", help="derive an architecture from a search run (rules or DARTS-PT)")
+    _add_select_arguments(select)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
@@ -99,6 +140,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "search":
         return _search(args, argv)
+    if args.command == "select":
+        return _select(args)
     return bench_module.run(args)
 
 

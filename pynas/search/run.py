@@ -309,3 +309,21 @@ class SearchRun:
         self._save()
         self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
+
+
+def load_run(run_dir: str):
+    """(config, supernet with the checkpoint's weights and α, train split, val split)."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no search run at {run_dir} (config.json missing)")
+    with open(path) as f:
+        cfg = RunConfig(**json.load(f))
+    dataset, info = load_dataset(cfg.dataset, cfg.data, 0, False)
+    train_data, val_data = split(dataset, cfg.train_fraction, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, info).to(cfg.device)
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location=cfg.device)["model"])
+    return cfg, model, train_data, val_data

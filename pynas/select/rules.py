@@ -1,0 +1,17 @@
+"""The derivation rules applied to a supernet checkpoint."""
+from ..genotype import derive_genotype, derive_nb201
+from ..nn import NB201Network
+
+RULES = ("magnitude", "snas", "nb201")
+
+
+def select_by_rule(model, rule: str) -> str:
+    """``magnitude`` (DARTS: top-2 edges per node, argmax without ``none``),
+    ``snas`` (edges whose argmax is not ``none``) or ``nb201`` (argmax per edge)."""
+    if rule not in RULES:
+        raise ValueError(f"selection rule must be one of {RULES}, got {rule!r}")
+    if isinstance(model, NB201Network) or rule == "nb201":
+        if not isinstance(model, NB201Network):
+            raise ValueError("the nb201 rule needs a NAS-Bench-201 supernet")
+        return str(derive_nb201(model.arch.probabilities("cell"), model.arch.ops))
+    return str(derive_genotype(model.arch, "darts" if rule == "magnitude" else "snas"))

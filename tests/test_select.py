@@ -1,0 +1,102 @@
+"""Architecture selection: rules on checkpoints and DARTS-PT."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from pynas.cli import main
+from pynas.data import load_dataset, split
+from pynas.nn import SearchNetwork
+from pynas.select import PTSelection, measure, select_by_rule
+
+
+def tiny_setup(seed=0):
+    torch.manual_seed(seed)
+    model = SearchNetwork(C=2, layers=3, steps=2, multiplier=2, in_channels=1)
+    data, _ = load_dataset("digits")
+    data = Subset(data, list(range(128)))
+    train, val = split(data, 0.5, seed)
+    return model, train, val
+
+
+def test_pt_choice_is_the_op_whose_removal_hurts_most(tmp_path):
+    model, train, val = tiny_setup()
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, batch_size=32, crit="loss")
+    batches = pt._val_batches()
+    cell_type, edge = "normal", 3
+    brute = {}
+    for k, name in enumerate(model.arch.ops):
+        if name == "none":
+            continue
+        with model.arch.perturbed(cell_type, edge, k):
+            brute[name] = measure(model, batches, "loss")
+    record = pt.decide_operation(cell_type, edge)
+    assert record["scores_without"] == brute
+    assert record["chosen"] == min(brute, key=brute.get)
+    mask = model.arch.mask(cell_type)[edge]
+    assert mask.sum() == 1 and model.arch.ops[int(mask.nonzero())] == record["chosen"]
+
+
+def test_masking_leaves_the_supernet_unchanged(tmp_path):
+    model, train, val = tiny_setup()
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, batch_size=32)
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    before = model(x)
+    buffers = [b.clone() for b in model.buffers()]
+    pt.score_without("reduce", 2, "sep_conv_3x3")
+    pt.score_without("normal", 0)
+    assert torch.equal(model(x), before)
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers))
+    # and the perturbation is real: without op 4 the output differs
+    with model.arch.perturbed("normal", 0, "sep_conv_3x3"):
+        assert not torch.equal(model(x), before)
+
+
+def test_pt_keeps_two_inputs_per_node_and_resumes_to_the_same_genotype(tmp_path):
+    model, train, val = tiny_setup()
+    full = PTSelection(model, train, val, str(tmp_path / "full"), tune_epochs=1, batch_size=32, val_batches=1,
+                       log=lambda *a: None).run()
+    for cell_type in ("normal", "reduce"):
+        assert [len(n) for n in full.nodes(cell_type)] == [2, 2]
+    trail = json.loads((tmp_path / "full" / "pt_trail.json").read_text())
+    assert len([r for r in trail if r["phase"] == "operation"]) == 10
+    assert len([r for r in trail if r["phase"] == "topology"]) == 2  # node 3 of each cell has 3 inputs
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(msg, count=[0]):
+        count[0] += 1
+        if count[0] == 4:
+            raise Killed
+
+    model, train, val = tiny_setup()
+    with pytest.raises(Killed):
+        PTSelection(model, train, val, str(tmp_path / "half"), tune_epochs=1, batch_size=32, val_batches=1,
+                    log=kill_after_three).run()
+    model, train, val = tiny_setup()
+    resumed = PTSelection(model, train, val, str(tmp_path / "half"), tune_epochs=1, batch_size=32, val_batches=1,
+                          log=lambda *a: None)
+    assert resumed.resume() and len(resumed.trail) == 3
+    assert resumed.run() == full
+
+
+def test_pt_mag_chooses_by_alpha(tmp_path):
+    model, train, val = tiny_setup()
+    with torch.no_grad():
+        model.arch.alphas["normal"][1, model.arch.ops.index("dil_conv_5x5")] = 5.0
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, magnitude=True)
+    assert pt.decide_operation("normal", 1)["chosen"] == "dil_conv_5x5"
+
+
+def test_select_command_on_a_search_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--run", str(run), "--method", "magnitude"]) == 0
+    assert capsys.readouterr().out.strip().endswith((run / "genotype.txt").read_text().strip())
+    assert main(["select", "--run", str(run), "--method", "pt", "--tune-epochs", "0", "--val-batches", "1", "--quiet"]) == 0
+    assert (run / "select-pt" / "genotype.txt").read_text().startswith("Genotype(")
+    assert main(["select", "--run", str(tmp_path / "missing")]) == 2
