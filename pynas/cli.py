@@ -126,6 +126,24 @@ def _select(args):
     return 0
 
 
+def _evaluate(args):
+    from .search.run import evaluate, load_run
+    from .select import genotype_in_place_of_alpha, parse_genotype
+
+    try:
+        cfg, model, _, val_data = load_run(args.run)
+        genotype = parse_genotype(args.genotype or os.path.join(args.run, "genotype.txt"))
+        _, supernet_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
+        with genotype_in_place_of_alpha(model, genotype):
+            _, child_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pynas evaluate: {e}", file=sys.stderr)
+        return 2
+    print(f"supernet validation accuracy: {supernet_acc:.4f}")
+    print(f"child (supernet weights, no fine-tuning): {child_acc:.4f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +151,9 @@ def main(argv=None) -> int:
     _add_search_arguments(search)
     select = commands.add_parser("select", help="derive an architecture from a search run (rules or DARTS-PT)")
     _add_select_arguments(select)
+    evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights")
+    evaluate.add_argument("--run", required=True, metavar="RUN_DIR")
+    evaluate.add_argument("--genotype", default=None, help="name, file or text (default: the run's genotype)")
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
@@ -142,6 +163,8 @@ def main(argv=None) -> int:
         return _search(args, argv)
     if args.command == "select":
         return _select(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     return bench_module.run(args)
 
 

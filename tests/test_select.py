@@ -100,3 +100,39 @@ def test_select_command_on_a_search_run(tmp_path, capsys):
     assert main(["select", "--run", str(run), "--method", "pt", "--tune-epochs", "0", "--val-batches", "1", "--quiet"]) == 0
     assert (run / "select-pt" / "genotype.txt").read_text().startswith("Genotype(")
     assert main(["select", "--run", str(tmp_path / "missing")]) == 2
+
+
+def test_evaluate_equals_the_supernet_with_one_hot_alpha():
+    from pynas.genotype import Genotype
+    from pynas.nn.cells import cell_edges
+    from pynas.select import genotype_in_place_of_alpha
+
+    model, _, _ = tiny_setup()
+    model.eval()
+    g = Genotype([("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("max_pool_3x3", 0)], [2, 3],
+                 [("avg_pool_3x3", 1), ("sep_conv_5x5", 0), ("skip_connect", 2), ("dil_conv_5x5", 1)], [2, 3])
+    x = torch.randn(3, 1, 8, 8)
+    with genotype_in_place_of_alpha(model, g):
+        child = model(x)
+    # The same supernet with α one-hot on the genotype, `none` on every other edge.
+    rows = {e: r for r, e in enumerate(cell_edges(2))}
+    with torch.no_grad():
+        for t in ("normal", "reduce"):
+            alpha = model.arch.alphas[t]
+            alpha.fill_(-1e4)
+            alpha[:, model.arch.ops.index("none")] = 1e4
+            for k, edges in enumerate(g.nodes(t)):
+                for op, j in edges:
+                    alpha[rows[(j, k + 2)]] = -1e4
+                    alpha[rows[(j, k + 2)], model.arch.ops.index(op)] = 1e4
+    torch.testing.assert_close(model(x), child)
+    assert model.arch.mask("normal").all()  # masks restored
+
+
+def test_evaluate_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--out", str(run), "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "supernet validation accuracy" in out and "no fine-tuning" in out
+    assert main(["evaluate", "--run", str(run), "--genotype", "DARTS_V2"]) == 2  # 4-node genotype, 2-node supernet
