@@ -1,5 +1,5 @@
 """pynas: differentiable neural architecture search with fused C++/CUDA kernels."""
-import torch
+import torch  # noqa: F401  (loads libtorch before the extension that links to it)
 
 from . import _C  # noqa: F401  (registers torch.ops.pynas.*)
 from . import functional

@@ -17,7 +17,6 @@ operation or removes an edge (perturbation-based selection); masked entries get
 weight 0 and are never run.
 """
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 

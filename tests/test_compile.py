@@ -3,7 +3,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import pynas
 from pynas.functional import edge_cost, gumbel_softmax, mixed_sum
 
 from conftest import DEVICES

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pynas.arch import Architecture
-from pynas.genotype import (DARTS_V1, DARTS_V2, GENOTYPES, SNAS_MILD, SNAS_MILD_EDGE_ALL, Genotype, NB201Genotype,
+from pynas.genotype import (DARTS_V2, GENOTYPES, SNAS_MILD, SNAS_MILD_EDGE_ALL, Genotype, NB201Genotype,
                             derive_cell, derive_genotype, derive_nb201)
 from pynas.nn import DARTS, NB201, EvalNetwork
 from pynas.nn.cells import cell_edges

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from pynas.arch import Architecture
-from pynas.nn import (DARTS, NB201, OPS, S2, S3, S4, MixedOp, NB201Network, SearchCell, SearchNetwork,
+from pynas.nn import (DARTS, OPS, S2, S3, S4, MixedOp, NB201Network, SearchCell, SearchNetwork,
                       minimal_cell_network, register_op, s1_from_alphas)
 from pynas.nn.ops import build_op
 

@@ -1,6 +1,5 @@
 """Search strategies and runs on tiny networks."""
 import json
-import os
 
 import pytest
 import torch

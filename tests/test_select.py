@@ -8,7 +8,7 @@ from torch.utils.data import Subset
 from pynas.cli import main
 from pynas.data import load_dataset, split
 from pynas.nn import SearchNetwork
-from pynas.select import PTSelection, measure, select_by_rule
+from pynas.select import PTSelection, measure
 
 
 def tiny_setup(seed=0):

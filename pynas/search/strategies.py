@@ -5,8 +5,7 @@ Each strategy works on any model with ``weight_parameters()``,
 :class:`~pynas.nn.SearchNetwork`. ``step(train_batch, val_batch)`` does one
 search step; ``epoch_end()`` advances the learning-rate schedule.
 """
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
