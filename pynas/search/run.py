@@ -188,7 +188,8 @@ class SearchRun:
         self.model = build_model(cfg, self.info).to(cfg.device)
         strategy_cls = METHODS[cfg.method][0]
         config = SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, a_lr=cfg.a_lr)
-        steps = math.ceil(len(self.train_data) / cfg.batch_size)
+        # Steps per epoch on each rank (a DistributedSampler gives each rank 1/world of the data).
+        steps = math.ceil(math.ceil(len(self.train_data) / self.world) / cfg.batch_size)
         extra = {}
         if cfg.constraint != "none":
             extra = dict(constraint=ResourceConstraint(PRESETS[cfg.constraint], cfg.cost_estimator),
