@@ -11,13 +11,17 @@ cd "$(dirname "$0")"
 VENV=.venv
 PY=$VENV/bin/python
 
+TORCH_DEPS='torch==2.13.0 torchvision==0.28.0'
+OTHER_DEPS='ninja pytest hypothesis numpy scipy expecttest scikit-learn'
+
 setup_venv() {
-  if [ ! -f $VENV/.pynas-deps-ok ]; then
-    python3 -m venv $VENV
+  # The stamp records what was installed, so a changed dependency list reinstalls.
+  if [ "$(cat $VENV/.pynas-deps 2>/dev/null)" != "$TORCH_DEPS $OTHER_DEPS" ]; then
+    [ -x $PY ] || python3 -m venv $VENV
     # --isolated: the PyPI CUDA wheels, not a locally configured CPU-only one.
-    $PY -m pip install --isolated "torch==2.13.0" "torchvision==0.28.0"
-    $PY -m pip install --isolated ninja pytest hypothesis numpy scipy expecttest scikit-learn
-    touch $VENV/.pynas-deps-ok
+    $PY -m pip install --isolated $TORCH_DEPS
+    $PY -m pip install --isolated $OTHER_DEPS
+    echo "$TORCH_DEPS $OTHER_DEPS" > $VENV/.pynas-deps
   fi
 }
 

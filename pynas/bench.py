@@ -8,15 +8,14 @@ least, divided by the time, beside the same device's measured copy bandwidth.
 import argparse
 import ctypes
 import datetime
-import json
 import os
 import platform
-import tempfile
 
 import torch
 import torch.nn.functional as F
 
 from .functional import edge_cost, gumbel_softmax, mixed_sum
+from .io import write_json
 
 # DARTS-sized feature maps: the three stages of a C = 16 network at batch 64.
 SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8)]
@@ -175,18 +174,6 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def write_json_atomically(path, payload):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def add_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="where to run (all: CPU, and CUDA when present)")
@@ -219,7 +206,7 @@ def run(args):
         if args.out:
             name = f"ops-{device}-{args.dtype}{'-quick' if args.quick else ''}-{stamp:%Y%m%d}.json"
             path = os.path.join(args.out, name)
-            write_json_atomically(path, result)
+            write_json(path, result)
             print(f"wrote {path}\n", flush=True)
     return 0
 

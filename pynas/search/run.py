@@ -7,7 +7,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from ..data import load_dataset, loader, split
 from ..genotype import derive_genotype, derive_nb201
+from ..io import save, write_json, write_text
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from .strategies import METHODS, SearchConfig
@@ -118,18 +118,6 @@ def genotype_of(model):
     return str(derive_genotype(model.arch))
 
 
-def _atomic_write(path, write):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _rng_state(model):
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "arch_generator": model.arch.generator.get_state() if model.arch.generator is not None else None}
@@ -214,8 +202,7 @@ class SearchRun:
         if resume:
             self._load()
         elif self.rank == 0:
-            _atomic_write(os.path.join(self.out, "config.json"),
-                          lambda p: open(p, "w").write(json.dumps(dataclasses.asdict(cfg), indent=1)))
+            write_json(os.path.join(self.out, "config.json"), dataclasses.asdict(cfg))
 
     # -- checkpoints ----------------------------------------------------------
     def _save(self):
@@ -223,7 +210,7 @@ class SearchRun:
             return
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": _rng_state(self.model)}
-        _atomic_write(self.checkpoint_path, lambda p: torch.save(state, p))
+        save(state, self.checkpoint_path)
 
     def _load(self):
         # Checkpoints hold tensors, numbers and containers only: no pickled code.
@@ -237,7 +224,7 @@ class SearchRun:
         if self.rank == 0 and os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.epoch]
-            _atomic_write(path, lambda p: open(p, "w").writelines(kept))
+            write_text(path, "".join(kept))
 
     # -- the loop -------------------------------------------------------------
     def _log(self, msg):
@@ -255,9 +242,8 @@ class SearchRun:
             raise SystemExit(130)
         genotype = genotype_of(self.model)
         if self.rank == 0:
-            _atomic_write(os.path.join(self.out, "genotype.txt"), lambda p: open(p, "w").write(genotype + "\n"))
-            _atomic_write(os.path.join(self.out, "genotype.json"),
-                          lambda p: open(p, "w").write(json.dumps({"genotype": genotype}) + "\n"))
+            write_text(os.path.join(self.out, "genotype.txt"), genotype + "\n")
+            write_json(os.path.join(self.out, "genotype.json"), {"genotype": genotype})
         return genotype
 
     def _ranks_agree(self) -> bool:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..data import loader
 from ..genotype import Genotype, derive_cell
+from ..io import save, write_json
 from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig
 
 PHASES = ("operation", "topology")
@@ -48,13 +49,6 @@ def measure(model, batches: Sequence, crit: str = "acc", device="cpu") -> float:
         b.copy_(s)
     model.train(training)
     return correct / max(total, 1) if crit == "acc" else -loss / max(total, 1)
-
-
-def _atomic_json(path, payload):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
 
 
 class PTSelection:
@@ -161,10 +155,8 @@ class PTSelection:
     def _save(self):
         state = {"model": self.model.state_dict(), "trail": json.dumps(self.trail), "tune_round": self.tune_round,
                  "torch_rng": torch.get_rng_state()}
-        tmp = self.checkpoint_path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
-        _atomic_json(os.path.join(self.out, "pt_trail.json"), self.trail)
+        save(state, self.checkpoint_path)
+        write_json(os.path.join(self.out, "pt_trail.json"), self.trail)
 
     def resume(self) -> bool:
         if not os.path.exists(self.checkpoint_path):
@@ -181,19 +173,20 @@ class PTSelection:
             edges = self._undecided_edges()
             for i, (t, e) in enumerate(edges):
                 record = self.decide_operation(t, e)
-                self.log(f"edge {i + 1}/{len(edges)} ({t} {e}): {record['scores_without']} -> {record['chosen']}")
-                self.trail.append(record)
-                self.fine_tune()
-                self._save()
+                self._commit(record, f"edge {i + 1}/{len(edges)} ({t} {e}): {record['scores_without']} -> {record['chosen']}")
         if "topology" in self.phases:
             nodes = self._nodes_to_prune()
             for i, (t, rows) in enumerate(nodes):
                 record = self.decide_topology(t, rows)
-                self.log(f"node {i + 1}/{len(nodes)} ({t}): keep edges {record['kept']}")
-                self.trail.append(record)
-                self.fine_tune()
-                self._save()
+                self._commit(record, f"node {i + 1}/{len(nodes)} ({t}): keep edges {record['kept']}")
         return self.genotype()
+
+    def _commit(self, record: Dict, message: str) -> None:
+        """Reports a decision, fine-tunes after it, then checkpoints both."""
+        self.log(message)
+        self.trail.append(record)
+        self.fine_tune()
+        self._save()
 
     def genotype(self) -> Genotype:
         cells = {}
