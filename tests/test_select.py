@@ -136,3 +136,32 @@ def test_evaluate_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "supernet validation accuracy" in out and "no fine-tuning" in out
     assert main(["evaluate", "--run", str(run), "--genotype", "DARTS_V2"]) == 2  # 4-node genotype, 2-node supernet
+
+
+def test_pt_on_a_nb201_supernet_decides_every_edge_by_brute_force(tmp_path):
+    from pynas.genotype import NB201Genotype
+    from pynas.nn import NB201Network
+
+    torch.manual_seed(0)
+    model = NB201Network(C=4, N=1, in_channels=1)
+    _, train, val = tiny_setup()
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, batch_size=32, crit="loss",
+                     log=lambda *a: None)
+    assert pt.phases == ("operation",)  # NB201 cells keep all edges: no topology phase
+    batches = pt._val_batches()
+    # Brute force in PT's own edge order: each edge fixed to the op whose removal lowers the score most.
+    expected = {}
+    for _, edge in pt._undecided_edges():
+        scores = {}
+        for k, name in enumerate(model.arch.ops):
+            if name != "none" and model.arch.mask("cell")[edge, k]:
+                with model.arch.perturbed("cell", edge, k):
+                    scores[name] = measure(model, batches, "loss")
+        expected[edge] = min(scores, key=scores.get)
+        model.arch.fix_op("cell", edge, expected[edge])
+    model.arch.mask("cell").fill_(True)
+    genotype = pt.run()
+    assert isinstance(genotype, NB201Genotype)
+    ops = [op for node in genotype.nodes for op, _ in node]
+    assert ops == [expected[e] for e in range(6)]
+    assert [r["chosen"] for r in pt.trail] == [expected[r["edge"]] for r in pt.trail]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import loader
-from ..genotype import Genotype, derive_cell
+from ..genotype import Genotype, derive_cell, derive_nb201
 from ..io import save, write_json
 from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig
 
@@ -66,6 +66,12 @@ class PTSelection:
         self.batch_size, self.phases, self.magnitude, self.fixed_alpha = batch_size, tuple(phases), magnitude, fixed_alpha
         self.device, self.log = device, log
         self.arch = model.arch
+        # NAS-Bench-201 cells keep every edge: only the operation phase applies.
+        self.nb201 = self.arch.cell_types == ("cell",)
+        if self.nb201 and "topology" in self.phases:
+            if "operation" not in self.phases:
+                raise ValueError("--phases topology: NAS-Bench-201 cells keep all their edges; use --phases operation")
+            self.phases = ("operation",)
         self.trail: List[Dict] = []
         self.tune_round = 0
         os.makedirs(out, exist_ok=True)
@@ -188,7 +194,10 @@ class PTSelection:
         self.fine_tune()
         self._save()
 
-    def genotype(self) -> Genotype:
+    def genotype(self):
+        if self.nb201:  # each edge's remaining operation (`none` if PT left only that)
+            alpha = self.arch.alphas["cell"].detach().masked_fill(~self.arch.mask("cell"), float("-inf"))
+            return derive_nb201(alpha, self.arch.ops)
         cells = {}
         for t in ("normal", "reduce"):
             # Per edge the α of its remaining operation; removed edges at -inf.
