@@ -1,4 +1,4 @@
-"""The `pynas` command: `pynas search` (the main job) and `pynas bench`."""
+"""The `pynas` command: `pynas search` (the main job), `select`, `evaluate`, `train` and `bench`."""
 import argparse
 import os
 import sys
@@ -144,6 +144,48 @@ def _evaluate(args):
     return 0
 
 
+def _add_train_arguments(parser):
+    from .data import DATASETS
+    from .train import DARTS_PROTOCOL
+
+    parser.add_argument("--genotype", default="DARTS_V2",
+                        help="a name (DARTS_V2, ...), a file, or a genotype's text (NAS-Bench-201 strings too)")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
+    parser.add_argument("--download", action="store_true", help="download the dataset into --data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/train-<dataset>-<time>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    # Unset values come from the protocol (DARTS' for CIFAR/SVHN, NAS-Bench-201's for its genotypes).
+    kinds = {"nesterov": None}
+    for name, value in DARTS_PROTOCOL.items():
+        flag = "--" + name.replace("_", "-")
+        if name in kinds:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=type(value), default=None, help=f"(DARTS protocol: {value})")
+
+
+def _train(args):
+    from .train import DARTS_PROTOCOL, TrainConfig, TrainRun
+
+    protocol = {name: getattr(args, name) for name in DARTS_PROTOCOL}
+    cfg = TrainConfig(genotype=args.genotype, dataset=args.dataset, data=args.data, download=args.download,
+                      seed=args.seed, device=args.device, out=args.out, **protocol)
+    try:
+        run = TrainRun(cfg, resume=args.resume, quiet=args.quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"pynas train: {e}", file=sys.stderr)
+        return 2
+    result = run.run()
+    print(f"parameters: {result['params_M']:.3f} M  FLOPs: {result['flops_M']:.2f} M  "
+          f"test accuracy: {result['test_acc']:.4f}")
+    print(f"run directory: {run.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +196,8 @@ def main(argv=None) -> int:
     evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights")
     evaluate.add_argument("--run", required=True, metavar="RUN_DIR")
     evaluate.add_argument("--genotype", default=None, help="name, file or text (default: the run's genotype)")
+    train = commands.add_parser("train", help="train a genotype from scratch (DARTS evaluation protocol)")
+    _add_train_arguments(train)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
@@ -165,6 +209,8 @@ def main(argv=None) -> int:
         return _select(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "train":
+        return _train(args)
     return bench_module.run(args)
 
 

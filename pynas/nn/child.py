@@ -18,7 +18,7 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x / keep * mask
 
 
-def _live_nodes(nodes: List[List[Tuple[str, int]]], concat) -> Tuple[List[List[Tuple[str, int]]], List[int]]:
+def live_nodes(nodes: List[List[Tuple[str, int]]], concat) -> Tuple[List[List[Tuple[str, int]]], List[int]]:
     """Drops nodes left without inputs (edge-all cells may have them), and the
     edges from them, recursively; returns the kept edges and concat nodes."""
     alive = {0, 1}
@@ -35,7 +35,7 @@ class EvalCell(nn.Module):
     def __init__(self, genotype: Genotype, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool):
         super().__init__()
         cell_type = "reduce" if reduction else "normal"
-        nodes, self.concat = _live_nodes(genotype.nodes(cell_type), getattr(genotype, f"{cell_type}_concat"))
+        nodes, self.concat = live_nodes(genotype.nodes(cell_type), getattr(genotype, f"{cell_type}_concat"))
         if not self.concat:
             raise ValueError(f"genotype {cell_type} cell: no concatenated node has an input")
         self.reduction = reduction

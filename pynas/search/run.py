@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data import load_dataset, loader, split
 from ..genotype import derive_genotype, derive_nb201
-from ..io import save, write_json, write_text
+from ..io import append_jsonl, save, truncate_jsonl, write_json, write_text
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from .strategies import METHODS, SearchConfig
@@ -219,12 +219,8 @@ class SearchRun:
         self.strategy.load_state_dict(state["strategy"])
         _set_rng_state(self.model, state["rng"])
         self.epoch = state["epoch"]
-        # Metrics of epochs after the checkpoint (a run killed in between) are dropped.
-        path = os.path.join(self.out, "metrics.jsonl")
-        if self.rank == 0 and os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.epoch]
-            write_text(path, "".join(kept))
+        if self.rank == 0:  # metrics of epochs after the checkpoint (a run killed in between) are dropped
+            truncate_jsonl(os.path.join(self.out, "metrics.jsonl"), self.epoch)
 
     # -- the loop -------------------------------------------------------------
     def _log(self, msg):
@@ -291,8 +287,7 @@ class SearchRun:
         if self.world > 1:
             record["ranks_agree"] = self._ranks_agree()
         if self.rank == 0:
-            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
         self._save()
         self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
