@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .functional import gumbel_softmax
 from .nn.spaces import SearchSpace, get_space
@@ -101,6 +102,7 @@ class Architecture(nn.Module):
         for t in self.cell_types:
             self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
         self._dropped: Dict[str, torch.Tensor] = {}
+        self._noise: Dict[str, torch.Tensor] = {}
 
     @staticmethod
     def _initial(init, E, K):
@@ -176,6 +178,9 @@ class Architecture(nn.Module):
             raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
         w = relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
                   self.generator, batch_size if self.sample_per == "sample" else None)
+        noise = self._noise.get(cell_type)
+        if noise is not None:
+            w = EdgeWeights(_clip_renormalise(w.weights + noise.to(w.weights), self.mask(cell_type)), w.active)
         dropped = self._dropped.get(cell_type)
         if dropped is None:
             return w
@@ -200,6 +205,23 @@ class Architecture(nn.Module):
             yield
         finally:
             del self._dropped[cell_type]
+
+    @contextlib.contextmanager
+    def noisy(self, noise: Dict[str, torch.Tensor]):
+        """Within the block, ``noise[cell_type]`` (``[E, K]``) is added to that cell
+        type's relaxed weights, which are then clipped to [0, 1] and renormalised
+        per edge (SDARTS-RS' random smoothing, applied to softmax(α) as in its
+        public code); α itself is untouched."""
+        for cell_type, n in noise.items():
+            self._check_type(cell_type)
+            if n.shape != self.alphas[cell_type].shape:
+                raise ValueError(f"noisy: noise for {cell_type!r} has shape {tuple(n.shape)}, "
+                                 f"α {tuple(self.alphas[cell_type].shape)}")
+        self._noise = dict(noise)
+        try:
+            yield
+        finally:
+            self._noise = {}
 
     def extra_repr(self):
         return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "
@@ -230,6 +252,16 @@ def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature:
         p = _masked_softmax(alpha, mask)
         w = hard - p.detach() + p
     return EdgeWeights(w, _active_from_hard(w, mask))
+
+
+def _clip_renormalise(w, mask):
+    """Each edge's weights clipped to [0, 1] and scaled to sum 1; an edge clipped to
+    all zeros keeps its largest entry as 1. Unavailable entries and removed edges stay 0."""
+    clipped = w.clamp(0, 1) * mask
+    largest = F.one_hot(w.masked_fill(~mask, float("-inf")).argmax(-1), w.size(-1)).to(w.dtype)
+    total = clipped.sum(-1, keepdim=True)
+    clipped = torch.where(total > 0, clipped, largest * mask)
+    return clipped / clipped.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def _active_from_mask(mask):

@@ -14,12 +14,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..analysis.grad_correlation import gradient_correlation
 from ..data import load_dataset, loader, split
 from ..genotype import derive_genotype, derive_nb201
 from ..io import append_jsonl, save, truncate_jsonl, write_json, write_text
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
-from .strategies import METHODS, SearchConfig
+from .strategies import METHODS, SearchConfig, Sgas
 
 SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "minimal")
 
@@ -50,6 +51,12 @@ class RunConfig:
     compile: bool = False
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
     cost_estimator: str = "reparameterised"
+    epsilon_alpha: float = 0.3  # SDARTS-RS: the final noise range (ramped from 0.03)
+    warmup_epochs: int = 10  # SGAS: weights-only epochs before the first decision
+    decision_freq: int = 5  # SGAS: epochs between decisions
+    sgas_pt: bool = False  # SGAS+PT: perturbation-based operation choice on each decided edge
+    pt_val_batches: Optional[int] = None  # SGAS+PT: validation batches per measurement (all)
+    log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
 
     def validate(self):
         if self.space not in SPACES:
@@ -77,6 +84,18 @@ class RunConfig:
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but no GPU is visible")
+        if self.sgas_pt and self.method != "sgas":
+            raise ValueError(f"--pt applies to --method sgas, not {self.method}")
+        if self.method == "sgas" and self.space in ("nb201", "minimal"):
+            raise ValueError(f"--method sgas needs a cell with two inputs per node, not --space {self.space}")
+        if self.method in ("sdarts-rs", "sgas") and (self.relaxation or "softmax") != "softmax":
+            raise ValueError(f"--method {self.method} works on softmax(α); drop --relaxation {self.relaxation}")
+        if self.epsilon_alpha < 0.03:
+            raise ValueError(f"--epsilon-alpha must be at least 0.03 (the ramp's start), got {self.epsilon_alpha}")
+        if self.warmup_epochs < 0 or self.decision_freq < 1:
+            raise ValueError("--warmup-epochs must be >= 0 and --decision-freq >= 1")
+        if self.pt_val_batches is not None and self.pt_val_batches < 1:
+            raise ValueError(f"--pt-val-batches must be at least 1, got {self.pt_val_batches}")
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -182,6 +201,11 @@ class SearchRun:
         if cfg.constraint != "none":
             extra = dict(constraint=ResourceConstraint(PRESETS[cfg.constraint], cfg.cost_estimator),
                          image_size=self.info.image_size)
+        if cfg.method == "sdarts-rs":
+            extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
+        if cfg.method == "sgas":
+            extra = dict(warmup_epochs=cfg.warmup_epochs, decision_freq=cfg.decision_freq,
+                         choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
         self.strategy = strategy_cls(self.model, config, steps, **extra)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -203,6 +227,17 @@ class SearchRun:
             self._load()
         elif self.rank == 0:
             write_json(os.path.join(self.out, "config.json"), dataclasses.asdict(cfg))
+
+    def _op_by_perturbation(self, cell_type, edge):
+        """SGAS+PT: the operation of a decided edge by DARTS-PT's rule on the validation split."""
+        from ..select.pt import op_by_perturbation
+
+        batches = list(loader(self.val_data, self.cfg.batch_size, self.cfg.seed, 0, shuffle=False))
+        if self.cfg.pt_val_batches is not None:
+            batches = batches[: self.cfg.pt_val_batches]
+        chosen, scores = op_by_perturbation(self.model, cell_type, edge, batches, "acc", self.cfg.device)
+        self._log(f"  SGAS+PT {cell_type} edge {edge}: accuracy without each op {scores}")
+        return chosen
 
     # -- checkpoints ----------------------------------------------------------
     def _save(self):
@@ -236,6 +271,11 @@ class SearchRun:
             print(f"\ninterrupted: the last finished epoch ({self.epoch}) is saved; continue with "
                   f"`pynas search --resume {self.out}`", file=sys.stderr)
             raise SystemExit(130)
+        if isinstance(self.strategy, Sgas) and any(self.strategy.undecided_edges(t) for t in self.model.arch.cell_types):
+            # The search ended before SGAS decided every edge: the rest greedily, now.
+            for d in self.strategy.decide_all():
+                self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} -> {d['op']} (after the last epoch)")
+            self._save()
         genotype = genotype_of(self.model)
         if self.rank == 0:
             write_text(os.path.join(self.out, "genotype.txt"), genotype + "\n")
@@ -262,6 +302,7 @@ class SearchRun:
         val = self._loader(self.val_data, cfg.seed + 1)
         val_iter = iter(val)
         sums, n = {"loss": 0.0, "acc": 0.0}, 0
+        grad_correlation = None
         for i, train_batch in enumerate(train):
             val_batch = None
             if self.strategy.bilevel:
@@ -270,6 +311,10 @@ class SearchRun:
                 except StopIteration:
                     val_iter = iter(val)
                     val_batch = next(val_iter)
+            if i == 0 and cfg.log_grad_correlation:
+                # Bi-level: α's (validation) batch against the weights' batch; single-level: the batch with itself.
+                grad_correlation = gradient_correlation(self.model, val_batch or train_batch,
+                                                        train_batch if val_batch is not None else None)
             m = self.strategy.step(train_batch, val_batch)
             for k in sums:
                 sums[k] += m[k]
@@ -283,12 +328,17 @@ class SearchRun:
         record = {"epoch": self.epoch, "train_loss": sums["loss"] / max(n, 1), "train_acc": sums["acc"] / max(n, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
                   "cost": getattr(self.strategy, "last_cost", None),
+                  "decisions": getattr(self.strategy, "last_decisions", None),
+                  "grad_correlation": grad_correlation,
                   "genotype": genotype_of(self.model), "arch": _arch_summary(self.model)}
         if self.world > 1:
             record["ranks_agree"] = self._ranks_agree()
         if self.rank == 0:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
         self._save()
+        for d in record["decisions"] or []:
+            self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} (score {d['score']:.3f}) -> {d['op']}"
+                      + (f", pruned {d['pruned']}" if d["pruned"] else ""))
         self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
 

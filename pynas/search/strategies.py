@@ -5,6 +5,7 @@ Each strategy works on any model with ``weight_parameters()``,
 :class:`~pynas.nn.SearchNetwork`. ``step(train_batch, val_batch)`` does one
 search step; ``epoch_end()`` advances the learning-rate schedule.
 """
+import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -253,6 +254,180 @@ class FixedAlpha(Strategy):
         self.alphas, self.a_opt = [], None
 
 
+class SdartsRS(DartsFirstOrder):
+    """SDARTS-RS (Chen & Hsieh 2020; DARTS-PT App. A.1.2): the DARTS first-order
+    search, but each weight step sees the architecture weights perturbed by
+    uniform noise in [-ε, ε] (clipped to [0, 1] and renormalised per edge), ε
+    ramped linearly per epoch from ``epsilon_start`` to ``epsilon``; the α step
+    sees the clean weights."""
+
+    name = "sdarts-rs"
+
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, epsilon: float = 0.3,
+                 epsilon_start: float = 0.03, seed: int = 0):
+        super().__init__(model, config, steps_per_epoch, loss_fn)
+        if not 0 <= epsilon_start <= epsilon:
+            raise ValueError(f"--epsilon-alpha must be at least {epsilon_start}, got {epsilon}")
+        self.epsilon, self.epsilon_start = epsilon, epsilon_start
+        # Noise drawn on the CPU from its own generator: the same on every device, and resumable.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_noise: Dict[str, torch.Tensor] = {}
+
+    def current_epsilon(self) -> float:
+        epoch = self.global_step // self.steps_per_epoch
+        return self.epsilon_start + (self.epsilon - self.epsilon_start) * epoch / self.config.epochs
+
+    def weight_step(self, batch):
+        eps = self.current_epsilon()
+        arch = self.model.arch
+        self.last_noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
+                               - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
+        with arch.noisy(self.last_noise):
+            return super().weight_step(batch)
+
+    def state_dict(self):
+        return dict(super().state_dict(), noise_generator=self.generator.get_state())
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.generator.set_state(state["noise_generator"])
+
+
+class Sgas(DartsFirstOrder):
+    """SGAS, Criterion 1 (Li et al. 2020; DARTS-PT App. A.1.3): the weights alone
+    for ``warmup_epochs``, then the DARTS first-order search in which, after
+    every ``decision_freq`` epochs, one undecided edge per cell type is decided: the
+    edge with the best score (normalised edge importance × normalised selection
+    certainty) keeps one operation (its largest non-``none`` α, or ``choose_op``'s
+    choice, e.g. perturbation-based for SGAS+PT); a node with two decided edges
+    loses its other inputs. The search space shrinks until every node has two."""
+
+    name = "sgas"
+
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: int = 10,
+                 decision_freq: int = 5, choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2):
+        super().__init__(model, config, steps_per_epoch, loss_fn)
+        if warmup_epochs < 0:
+            raise ValueError(f"--warmup-epochs must be non-negative, got {warmup_epochs}")
+        if decision_freq < 1:
+            raise ValueError(f"--decision-freq must be at least 1, got {decision_freq}")
+        arch = model.arch
+        if "none" not in arch.ops:
+            raise ValueError("sgas: its edge importance needs a space with the `none` operation")
+        self.warmup_epochs, self.decision_freq, self.choose_op = warmup_epochs, decision_freq, choose_op
+        self.groups = node_edge_groups(arch.num_edges, inputs)
+        self.epochs_done = 0
+        self.decisions: List[Dict] = []
+        self.last_decisions: List[Dict] = []  # those of the last epoch_end
+
+    def step(self, train_batch, val_batch):
+        decided = not any(self.undecided_edges(t) for t in self.model.arch.cell_types)
+        if self.epochs_done < self.warmup_epochs or decided:  # nothing for α to learn
+            self.model.arch.set_progress(self.progress())
+            metrics = self.weight_step(train_batch)
+            self.global_step += 1
+            return metrics
+        return super().step(train_batch, val_batch)
+
+    def epoch_end(self):
+        super().epoch_end()
+        self.epochs_done += 1
+        after_warmup = self.epochs_done - self.warmup_epochs
+        # The first decision after `decision_freq` epochs of α training: 10 + 8 × 5 = DARTS' 50 epochs.
+        decide = after_warmup > 0 and after_warmup % self.decision_freq == 0
+        self.last_decisions = self.decide() if decide else []
+
+    # -- decisions --------------------------------------------------------------
+    def undecided_edges(self, cell_type: str) -> List[int]:
+        """Edges still mixing several operations (not decided, not pruned)."""
+        mask = self.model.arch.mask(cell_type)
+        return [e for e in range(mask.size(0)) if int(mask[e].sum()) > 1]
+
+    def decide(self) -> List[Dict]:
+        """One decision per cell type (none once a cell is fully decided)."""
+        made = []
+        for cell_type in self.model.arch.cell_types:
+            undecided = self.undecided_edges(cell_type)
+            if not undecided:
+                continue
+            scores = sgas_scores(self.model.arch.alphas[cell_type].detach(), self.model.arch.mask(cell_type),
+                                 self.model.arch.ops.index("none"), undecided)
+            edge = max(undecided, key=lambda e: scores[e])
+            made.append(self._decide_edge(cell_type, edge, scores[edge]))
+        self.decisions += made
+        return made
+
+    def decide_all(self) -> List[Dict]:
+        """Decisions until every cell is decided (a search that ended early)."""
+        made = []
+        while any(self.undecided_edges(t) for t in self.model.arch.cell_types):
+            made += self.decide()
+        return made
+
+    def _decide_edge(self, cell_type, edge, score):
+        arch = self.model.arch
+        if self.choose_op is not None:
+            op = self.choose_op(cell_type, edge)
+        else:
+            alpha = arch.alphas[cell_type][edge].detach().masked_fill(~arch.mask(cell_type)[edge], float("-inf"))
+            alpha[arch.ops.index("none")] = float("-inf")
+            op = int(alpha.argmax())
+        arch.fix_op(cell_type, edge, op)
+        pruned = []
+        for rows in self.groups:
+            if edge in rows:
+                mask = arch.mask(cell_type)
+                decided = [e for e in rows if int(mask[e].sum()) == 1]
+                if len(decided) >= 2:
+                    pruned = [e for e in rows if e not in decided and bool(mask[e].any())]
+                    for e in pruned:
+                        arch.remove_edge(cell_type, e)
+        return {"epoch": self.epochs_done, "cell_type": cell_type, "edge": edge, "score": score,
+                "op": arch.ops[op], "pruned": pruned}
+
+    def state_dict(self):
+        return dict(super().state_dict(), epochs_done=self.epochs_done, decisions=json.dumps(self.decisions))
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.epochs_done = state["epochs_done"]
+        self.decisions = json.loads(state["decisions"])
+
+
+def node_edge_groups(num_edges: int, inputs: int = 2) -> List[List[int]]:
+    """Per intermediate node, the α rows of its incoming edges."""
+    groups, row, n = [], 0, inputs
+    while row < num_edges:
+        groups.append(list(range(row, row + n)))
+        row, n = row + n, n + 1
+    if row != num_edges:
+        raise ValueError(f"{num_edges} edges do not form a cell with {inputs} inputs")
+    return groups
+
+
+def sgas_scores(alpha: torch.Tensor, mask: torch.Tensor, none: int, edges: List[int]) -> Dict[int, float]:
+    """SGAS Criterion 1 over ``edges``: edge importance (the non-``none`` softmax
+    mass) times selection certainty (1 − the normalised entropy of the
+    non-``none`` distribution), each min-max normalised across ``edges``."""
+    p = alpha.double().masked_fill(~mask, float("-inf")).softmax(-1)[edges]
+    keep = torch.ones(alpha.size(-1), dtype=torch.bool)
+    keep[none] = False
+    keep = keep & mask[edges].cpu()  # per edge: its available non-`none` operations
+    importance = (p * keep).sum(-1)
+    q = (p * keep) / importance.clamp_min(1e-300).unsqueeze(-1)
+    entropy = -(q * q.clamp_min(1e-300).log()).sum(-1)
+    n_ops = keep.sum(-1).double()
+    certainty = 1 - entropy / n_ops.log().clamp_min(1e-300)
+    certainty = torch.where(n_ops > 1, certainty, torch.ones_like(certainty))
+
+    def normalise(v):
+        span = v.max() - v.min()
+        return (v - v.min()) / span if span > 0 else torch.zeros_like(v)
+
+    score = normalise(importance) * normalise(certainty)
+    return {e: float(score[i]) for i, e in enumerate(edges)}
+
+
 def _zero_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
 
@@ -271,4 +446,6 @@ METHODS = {
     "gdas": (DartsFirstOrder, "gumbel_hard", {}),
     "dsnas": (SingleLevel, "categorical", {}),
     "fixed": (FixedAlpha, "softmax", {"init": "zeros"}),
+    "sdarts-rs": (SdartsRS, "softmax", {}),
+    "sgas": (Sgas, "softmax", {}),
 }

@@ -51,6 +51,21 @@ def measure(model, batches: Sequence, crit: str = "acc", device="cpu") -> float:
     return correct / max(total, 1) if crit == "acc" else -loss / max(total, 1)
 
 
+def op_by_perturbation(model, cell_type: str, edge: int, batches: Sequence, crit: str = "acc", device="cpu"):
+    """(column, scores): the non-``none`` operation of ``edge`` whose masking lowers
+    the score most, and the score without each (DARTS-PT Algorithm 2, op choice)."""
+    arch = model.arch
+    mask = arch.mask(cell_type)[edge]
+    candidates = [k for k, name in enumerate(arch.ops) if mask[k] and name != "none"]
+    if not candidates:
+        raise ValueError(f"{cell_type} edge {edge} has no operation left to choose")
+    scores = {}
+    for k in candidates:
+        with arch.perturbed(cell_type, edge, k):
+            scores[arch.ops[k]] = measure(model, batches, crit, device)
+    return min(candidates, key=lambda k: scores[arch.ops[k]]), scores
+
+
 class PTSelection:
     def __init__(self, model, train_data, val_data, out: str, seed: int = 0, crit: str = "acc",
                  tune_epochs: int = 5, val_batches: Optional[int] = None, batch_size: int = 64,
@@ -115,21 +130,16 @@ class PTSelection:
         random.Random(self.seed).shuffle(edges)
         return [(t, e) for t, e in edges if int(self.arch.mask(t)[e].sum()) > 1]
 
-    def _candidates(self, cell_type, edge):
-        mask = self.arch.mask(cell_type)[edge]
-        return [k for k, name in enumerate(self.arch.ops) if mask[k] and name != "none"]
-
     def decide_operation(self, cell_type: str, edge: int) -> Dict:
-        candidates = self._candidates(cell_type, edge)
         scores = {}
         if self.magnitude:
+            mask = self.arch.mask(cell_type)[edge]
+            candidates = [k for k, name in enumerate(self.arch.ops) if mask[k] and name != "none"]
             alpha = self.arch.alphas[cell_type][edge].detach()
             chosen = max(candidates, key=lambda k: float(alpha[k]))
         else:
-            for k in candidates:
-                scores[self.arch.ops[k]] = self.score_without(cell_type, edge, k)
-            # The operation whose removal hurts most: the lowest score without it.
-            chosen = min(candidates, key=lambda k: scores[self.arch.ops[k]])
+            chosen, scores = op_by_perturbation(self.model, cell_type, edge, self._val_batches(), self.crit,
+                                                self.device)
         self.arch.fix_op(cell_type, edge, chosen)
         return {"phase": "operation", "cell_type": cell_type, "edge": edge, "scores_without": scores,
                 "chosen": self.arch.ops[chosen]}
