@@ -1,4 +1,4 @@
-"""The `pynas` command: `pynas search` (the main job), `select`, `evaluate`, `train` and `bench`."""
+"""The `pynas` command: `pynas search` (the main job), `select`, `evaluate`, `train`, `analyze` and `bench`."""
 import argparse
 import os
 import sys
@@ -38,6 +38,16 @@ def _add_search_arguments(parser):
     parser.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    parser.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
+                        help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
+    parser.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="sgas: weights-only epochs")
+    parser.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
+    parser.add_argument("--pt", dest="sgas_pt", action="store_true",
+                        help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
+    parser.add_argument("--pt-val-batches", type=int, default=None,
+                        help="sgas --pt: validation batches per measurement (all)")
+    parser.add_argument("--log-grad-correlation", action="store_true",
+                        help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
     parser.add_argument("--nproc", type=int, default=1,
                         help="data-parallel processes on this machine (or launch with torchrun)")
 
@@ -74,7 +84,10 @@ def _search(args, argv=None):
                     batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
                     out=args.out, data=args.data, download=args.download, cutout=args.cutout, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
                     cost_estimator=args.cost_estimator, device=args.device, relaxation=args.relaxation,
-                    amp=args.amp, channels_last=args.channels_last, compile=args.compile, s1_from=args.s1_from)
+                    amp=args.amp, channels_last=args.channels_last, compile=args.compile, s1_from=args.s1_from,
+                    epsilon_alpha=args.epsilon_alpha, warmup_epochs=args.warmup_epochs,
+                    decision_freq=args.decision_freq, sgas_pt=args.sgas_pt, pt_val_batches=args.pt_val_batches,
+                    log_grad_correlation=args.log_grad_correlation)
     try:
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -198,6 +211,11 @@ def main(argv=None) -> int:
     evaluate.add_argument("--genotype", default=None, help="name, file or text (default: the run's genotype)")
     train = commands.add_parser("train", help="train a genotype from scratch (DARTS evaluation protocol)")
     _add_train_arguments(train)
+    analyze = commands.add_parser("analyze", help="analyses: per-edge cost, wiring evolution, cell topology, "
+                                                  "random variants, loss landscape")
+    from .analysis import cli as analysis_cli
+
+    analysis_cli.add_arguments(analyze)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
@@ -211,6 +229,8 @@ def main(argv=None) -> int:
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "analyze":
+        return analysis_cli.run(args)
     return bench_module.run(args)
 
 

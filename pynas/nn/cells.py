@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..functional import mixed_sum
+from ..functional import edge_cost, mixed_sum
 from .mixed_op import MixedOp
 from .ops import FactorizedReduce, ReLUConvBN
 
@@ -27,6 +27,14 @@ class SearchCell(nn.Module):
     cell); each intermediate node sums all its predecessors through MixedOps, and
     all incoming edges of a node are combined in a single ``mixed_sum``; the
     output concatenates the ``concat`` nodes (default: the last ``multiplier``).
+
+    ``cost_recorder``: None, or a callable ``recorder(cell, costs)`` that then
+    receives, during each backward pass, one ``[E, K]`` float64 tensor per node
+    holding the per-edge, per-operation costs ``w_k · Σ ∂L/∂X ⊙ op_k(x)`` of the
+    node's incoming edges (wiring paper Eq. 4-5; see :mod:`pynas.analysis.edge_cost`).
+    ``state_observer``: None, or a callable ``observer(cell, states)`` that receives
+    the cell's states (preprocessed inputs, then the nodes) after each forward
+    (see :mod:`pynas.analysis.grad_correlation`).
     """
 
     def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int, reduction: bool,
@@ -53,6 +61,8 @@ class SearchCell(nn.Module):
                     available=None if available is None else available[e].tolist())
             for e, (j, _) in enumerate(self.edge_list)
         ])
+        self.cost_recorder = None
+        self.state_observer = None
 
     @property
     def num_edges(self) -> int:
@@ -64,14 +74,51 @@ class SearchCell(nn.Module):
         states = [self.preprocess1(s1)] if self.inputs == 1 else [self.preprocess0(s0), self.preprocess1(s1)]
         e = 0
         for _ in range(self.steps):
-            outputs, node_weights = [], []
+            outputs, node_weights, columns = [], [], []
             for h in states:
-                out, w = self.edges[e].candidates(h, weights[..., e, :], None if active is None else active[e])
+                edge_active = None if active is None else active[e]
+                out, w = self.edges[e].candidates(h, weights[..., e, :], edge_active)
                 outputs += out
                 node_weights.append(w)
+                if self.cost_recorder is not None:
+                    columns += [(e, k) for k in self._run_columns(e, edge_active)]
                 e += 1
             if outputs:
-                states.append(mixed_sum(outputs, torch.cat(node_weights, dim=-1)))
+                node_weights = torch.cat(node_weights, dim=-1)
+                node = mixed_sum(outputs, node_weights)
+                if self.cost_recorder is not None and node.requires_grad:
+                    node.register_hook(self._cost_hook(outputs, node_weights, columns))
+                states.append(node)
             else:  # every incoming edge is `none` or removed: zeros, via the edge from input 0
                 states.append(self.edges[e - len(states)].zeros(states[0]))
+        if self.state_observer is not None:
+            self.state_observer(self, states)
         return torch.cat([states[n] for n in self.concat], dim=1)
+
+    def _run_columns(self, e: int, edge_active) -> List[int]:
+        """The α columns whose outputs ``MixedOp.candidates`` returns, in its order."""
+        materialised = self.edges[e].materialised
+        return list(materialised) if edge_active is None else [k for k in edge_active if k in materialised]
+
+    def _cost_hook(self, outputs, node_weights, columns):
+        """A hook on a node's output. Every incoming edge's output X_e enters the
+        node as a plain sum, so ∂L/∂X_e = ∂L/∂node, and one fused ``edge_cost``
+        over the node's candidate outputs gives ``Σ ∂L/∂node ⊙ op_k(x)`` for all its
+        (edge, op) pairs at once; times w_k these are the costs of Eq. 4-5."""
+        recorder = self.cost_recorder  # the one set at forward time receives this pass's costs
+        outputs = [o.detach() for o in outputs]
+        node_weights = node_weights.detach()
+        edges = torch.tensor([e for e, _ in columns])
+        ops = torch.tensor([k for _, k in columns])
+        K = len(self.edges[0].names)
+
+        def hook(grad):
+            per_sample = node_weights.dim() == 2  # [B, n]: one weight row per input sample
+            cost = edge_cost(grad, outputs, per_sample).double() * node_weights.double()
+            if per_sample:
+                cost = cost.sum(0)
+            costs = torch.zeros(self.num_edges, K, dtype=torch.float64, device=cost.device)
+            costs[edges.to(cost.device), ops.to(cost.device)] = cost
+            recorder(self, costs)
+
+        return hook

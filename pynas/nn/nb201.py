@@ -41,6 +41,8 @@ class NB201SearchCell(nn.Module):
             for e in range(len(NB201_EDGES))
         ])
         self.edge_names = [f"{j}->{i}" for j, i in NB201_EDGES]
+        self.edge_list, self.inputs, self.steps = NB201_EDGES, 1, NB201_NODES - 1
+        self.state_observer = None  # as SearchCell's: receives the nodes after each forward
 
     def forward(self, x, weights, active=None):
         nodes, e = [x], 0
@@ -52,6 +54,8 @@ class NB201SearchCell(nn.Module):
                 ws.append(w)
                 e += 1
             nodes.append(mixed_sum(outputs, torch.cat(ws, -1)) if outputs else nodes[0].mul(0.0))
+        if self.state_observer is not None:
+            self.state_observer(self, nodes)
         return nodes[-1]
 
 
