@@ -1,4 +1,6 @@
-"""Fused pynas ops against their eager PyTorch forms (`pynas bench`).
+"""Fused pynas ops against their eager PyTorch forms (`pynas bench`, `pynas bench ops`).
+
+`pynas bench search` runs the whole-search-step benchmark instead (:mod:`pynas.bench_search`).
 
 Every case times forward + backward (or the reduction alone for edge_cost) of
 the eager form and of the fused op on the same inputs, and reports the
@@ -175,6 +177,19 @@ def format_table(result):
 
 
 def add_arguments(parser):
+    """The ops benchmark's options on ``parser`` itself (plain ``pynas bench``), and
+    the sub-commands ``ops`` (the same) and ``search`` (:mod:`pynas.bench_search`)."""
+    _add_ops_arguments(parser)
+    commands = parser.add_subparsers(dest="bench_command", metavar="{ops,search}")
+    _add_ops_arguments(commands.add_parser("ops", help="the fused ops against their eager forms (the default)"))
+    from . import bench_search
+
+    bench_search.add_arguments(commands.add_parser(
+        "search", help="whole search steps: the fused supernet against the eager way",
+        description=bench_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _add_ops_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="where to run (all: CPU, and CUDA when present)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], default="float32")
@@ -185,6 +200,10 @@ def add_arguments(parser):
 
 
 def run(args):
+    if getattr(args, "bench_command", None) == "search":
+        from . import bench_search
+
+        return bench_search.run(args)
     import pynas
 
     from . import _C  # noqa: F401

@@ -8,7 +8,13 @@ reduce for a stride-2 ``skip_connect``) and NAS-Bench-201.
 Operations whose first layer is a ReLU expose ``relu_first = True`` and
 ``after_relu(x)``: a :class:`~pynas.nn.MixedOp` applies that ReLU once for all
 of them (the same math with one activation in memory instead of several).
+
+In training, the operations keep fewer tensors for backward than their plain
+PyTorch forms, with the same math (see "Lean training forms" below); on CPU the
+pools run in channels-last, where PyTorch's kernels are several times faster.
+:func:`plain_forms` switches both off (the eager reference of ``pynas bench search``).
 """
+import contextlib
 from typing import Callable, Dict
 
 import torch
@@ -16,6 +22,284 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 OpConstructor = Callable[[int, int, bool], nn.Module]
+
+# -- Lean training forms ----------------------------------------------------------
+#
+# What a DARTS edge keeps for backward, counted in activations of its input's
+# size: plain PyTorch keeps, per op, each conv and pool output (the next layer's
+# input), each BatchNorm's input *and* output (the output for mixed_sum's α
+# gradient), each ReLU's output and a max pool's int64 indices (two
+# activations): 25 for the eight DARTS ops with one shared ReLU (29 with a ReLU
+# per op and `none` run). With the same math, in training:
+# - an affine-free BatchNorm keeps its output instead of its input (its input
+#   gradient needs only y and 1/σ), which frees the conv or pool output before
+#   it (6 per edge);
+# - a max pool keeps no indices: backward recomputes them from its input, which
+#   is kept anyway, a node of the cell (2);
+# - the ReLU inside a sep_conv is recomputed from the BatchNorm output it follows,
+#   which that BatchNorm keeps anyway (1 per sep_conv).
+# That leaves 15. recompute_depthwise(True) also recomputes each depthwise conv
+# output in backward (9): on CPU a depthwise forward costs a quarter to a half of
+# its backward, so it is a switch, for when memory is what limits the batch.
+# Weighted layers stay autograd's own nodes (a custom Function cannot tell which
+# gradients a backward asks for, so it would compute weight gradients in the α
+# step); what they keep is replaced by a recipe through saved-tensor hooks.
+
+_PLAIN = False
+_RECOMPUTE_DEPTHWISE = False
+
+
+@contextlib.contextmanager
+def plain_forms():
+    """Within the block, every operation runs its plain PyTorch form: autograd
+    keeps what it keeps by default, pools run in the input's layout."""
+    global _PLAIN
+    before, _PLAIN = _PLAIN, True
+    try:
+        yield
+    finally:
+        _PLAIN = before
+
+
+@contextlib.contextmanager
+def recompute_depthwise(enabled: bool = True):
+    """Within the block, depthwise conv outputs are (or are not) recomputed in
+    backward instead of kept (the decision is taken in the forward pass)."""
+    global _RECOMPUTE_DEPTHWISE
+    before, _RECOMPUTE_DEPTHWISE = _RECOMPUTE_DEPTHWISE, bool(enabled)
+    try:
+        yield
+    finally:
+        _RECOMPUTE_DEPTHWISE = before
+
+
+def _lean(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` runs its lean form on ``x``: in training, with autograd
+    recording, outside autocast (whose casts the recomputations would have to
+    redo) and outside torch.compile (whose partitioner chooses what to recompute)."""
+    return (not _PLAIN and module.training and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling())
+
+
+class _BatchNormKeepingOutput(torch.autograd.Function):
+    """Training-mode BatchNorm without affine parameters that keeps its output y
+    and 1/σ for backward instead of its input: dx = (dy − mean dy − y·mean(dy·y))/σ.
+    1/σ is a second, differentiable output, so that a double backward sees how
+    it depends on x (∂(1/σ)/∂x = −y/(σ²·n))."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, momentum, eps):
+        y, _, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True, momentum, eps)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(y, invstd)
+        return y, invstd
+
+    @staticmethod
+    def backward(ctx, dy, dinvstd):
+        y, invstd = ctx.saved_tensors
+        dims = [0, *range(2, y.dim())]
+        shape = [1, -1] + [1] * (y.dim() - 2)
+        dx = None
+        if dy is not None:
+            if torch.is_grad_enabled():  # a double backward follows: differentiable in y and 1/σ
+                dx = invstd.view(shape) * (dy - dy.mean(dims, keepdim=True) - y * (dy * y).mean(dims, keepdim=True))
+            else:  # BN's own backward kernel with y as the normalised input (mean 0, 1/σ 1) and weight 1/σ
+                dx = torch.ops.aten.native_batch_norm_backward(
+                    dy, y, invstd, None, None, torch.zeros_like(invstd), torch.ones_like(invstd), True, ctx.eps,
+                    [True, False, False])[0]
+        if dinvstd is not None:
+            term = (invstd ** 2).view(shape) * y * dinvstd.view(shape) * (-y.size(1) / y.numel())
+            dx = term if dx is None else dx + term
+        return dx, None, None, None, None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d``; without affine parameters, in training, it keeps its
+    output for backward instead of its input."""
+
+    def forward(self, x):
+        if self.affine or not self.track_running_stats or not _lean(self, x):
+            return super().forward(x)
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return _BatchNormKeepingOutput.apply(x, self.running_mean, self.running_var, momentum, self.eps)[0]
+
+
+def _channels_last_on_cpu(x):
+    """``x`` in channels-last when it is a contiguous 4-d CPU tensor (PyTorch's CPU
+    pooling kernels are several times faster there), else as it is."""
+    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last), True
+    return x, False
+
+
+def _pooled(pool, x, *args):
+    x_in, moved = _channels_last_on_cpu(x)
+    y = pool(x_in, *args)
+    return y.contiguous() if moved else y
+
+
+def _pool_args(pool):
+    """``(kernel, stride, padding)`` as lists for a square pool, else None."""
+    k, s, p = pool.kernel_size, pool.stride, pool.padding
+    if not all(isinstance(v, int) for v in (k, s, p)):
+        return None
+    return [k, k], [s, s], [p, p]
+
+
+class _MaxPoolRecomputed(torch.autograd.Function):
+    """A max pool that keeps no indices: backward recomputes them from the input."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding):
+        ctx.args = (kernel_size, stride, padding)
+        ctx.save_for_backward(x)
+        return _pooled(F.max_pool2d, x, kernel_size, stride, padding)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        kernel_size, stride, padding = ctx.args
+        x_in, moved = _channels_last_on_cpu(x.detach())
+        with torch.no_grad():
+            _, indices = F.max_pool2d(x_in, kernel_size, stride, padding, return_indices=True)
+        if moved:
+            dy = dy.contiguous(memory_format=torch.channels_last)
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(dy, x_in, kernel_size, stride, padding, [1, 1], False,
+                                                             indices)
+        return dx.contiguous() if moved else dx, None, None, None
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (square, no dilation); in training it recomputes its
+    indices in backward instead of keeping them; on CPU it pools in channels-last."""
+
+    def forward(self, x):
+        args = _pool_args(self)
+        if (_PLAIN or args is None or self.dilation != 1 or self.ceil_mode or self.return_indices or x.dim() != 4
+                or torch.compiler.is_compiling()):
+            return super().forward(x)
+        if _lean(self, x):
+            return _MaxPoolRecomputed.apply(x, *args)
+        if torch.is_grad_enabled() and x.requires_grad:  # e.g. under autocast: autograd's own form
+            return super().forward(x)
+        return _pooled(F.max_pool2d, x, *args)
+
+
+class _AvgPoolChannelsLast(torch.autograd.Function):
+    """An average pool (padding not counted) computed in channels-last on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding):
+        ctx.args = (kernel_size, stride, padding)
+        ctx.shape = x.shape
+        return _pooled(F.avg_pool2d, x, kernel_size, stride, padding, False, False)
+
+    @staticmethod
+    def backward(ctx, dy):
+        kernel_size, stride, padding = ctx.args
+        like = torch.empty(ctx.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last)  # shape only
+        dx = torch.ops.aten.avg_pool2d_backward(dy.contiguous(memory_format=torch.channels_last), like, kernel_size,
+                                                stride, padding, False, False, None)
+        return dx.contiguous(), None, None, None
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` (square, padding not counted); on CPU it pools in channels-last."""
+
+    def forward(self, x):
+        if (_PLAIN or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous() or self.ceil_mode
+                or self.count_include_pad or self.divisor_override is not None or torch.compiler.is_compiling()):
+            return super().forward(x)
+        args = _pool_args(self)
+        if args is None:
+            return super().forward(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _AvgPoolChannelsLast.apply(x, *args)
+        return _pooled(F.avg_pool2d, x, *args, False, False)
+
+
+class _ReLUKeepingInput(torch.autograd.Function):
+    """``F.relu(x)`` that keeps its input, not its output, for backward (where it
+    runs ``F.relu`` again under autograd: the gradient is F.relu's, whatever it is)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.relu(x)
+
+    @staticmethod
+    def backward(ctx, dr):
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward follows: through the saved x itself
+            return torch.autograd.grad(F.relu(x), x, dr, create_graph=True)[0]
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            return torch.autograd.grad(F.relu(leaf), leaf, dr)[0]
+
+
+class _Recipe:
+    """How to compute a tensor again, from ``inputs`` as they were."""
+
+    def __init__(self, compute, inputs):
+        self.compute, self.inputs = compute, [(t, t._version) for t in inputs]
+
+    def __call__(self):
+        if any(t._version != v for t, v in self.inputs):
+            raise RuntimeError("pynas: a tensor that a lean operation recomputes from in backward was modified "
+                               "in place after the forward pass")
+        return self.compute()
+
+
+def _unpack(packed):
+    return packed() if isinstance(packed, _Recipe) else packed
+
+
+def _saved_as(compute, inputs, which):
+    """Within the block, autograd saves ``which`` as a recipe, ``compute()`` (from
+    ``inputs``), run again when backward unpacks it. Autograd's own nodes still
+    compute the gradients (only those a backward asks for); under
+    ``create_graph`` the recomputation is recorded, so double backward sees it.
+    Nothing here refers to ``which`` itself (it is to be freed)."""
+    recipe = _Recipe(compute, inputs)
+    key = (which.data_ptr(), which.shape, which.stride())
+
+    def pack(t):
+        return recipe if (t.data_ptr(), t.shape, t.stride()) == key else t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, _unpack)
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """Depthwise (dilated) conv, pointwise conv, BN; ``relu=True`` applies a ReLU
+    first. In training that ReLU's output (and, with :func:`recompute_depthwise`,
+    the depthwise output) is recomputed in backward instead of kept."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine):
+        super().__init__(
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C_in,
+                      bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x, relu: bool = False):
+        dw, pw, bn = self
+        if not _lean(self, x):
+            return bn(pw(dw(F.relu(x) if relu else x)))
+        r = _ReLUKeepingInput.apply(x) if relu else x
+        with _saved_as(lambda: F.relu(x), [x], which=r) if relu else contextlib.nullcontext():
+            h = dw(r)
+        if not _RECOMPUTE_DEPTHWISE:
+            return bn(pw(h))
+        recompute = lambda: F.conv2d(F.relu(x) if relu else x, dw.weight, None, dw.stride, dw.padding, dw.dilation,
+                                     dw.groups)
+        with _saved_as(recompute, [x, dw.weight], which=h):
+            y = pw(h)
+        return bn(y)
+
 
 
 class ReLUFirst(nn.Module):
@@ -31,14 +315,14 @@ class ReLUFirst(nn.Module):
         return self.body(x)
 
     def forward(self, x):
-        return self.body(F.relu(x))
+        return self.after_relu(F.relu(x))
 
 
 class ReLUConvBN(ReLUFirst):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__(nn.Sequential(
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         ))
 
 
@@ -46,7 +330,7 @@ class DilConv(ReLUFirst):
     """ReLU, depthwise (dilated) conv, pointwise conv, BN."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
-        super().__init__(_depthwise_separable(C_in, C_out, kernel_size, stride, padding, dilation, affine))
+        super().__init__(DepthwiseSeparable(C_in, C_out, kernel_size, stride, padding, dilation, affine))
 
 
 class SepConv(ReLUFirst):
@@ -54,18 +338,16 @@ class SepConv(ReLUFirst):
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__(nn.Sequential(
-            _depthwise_separable(C_in, C_in, kernel_size, stride, padding, 1, affine),
+            DepthwiseSeparable(C_in, C_in, kernel_size, stride, padding, 1, affine),
             nn.ReLU(inplace=False),
-            _depthwise_separable(C_in, C_out, kernel_size, 1, padding, 1, affine),
+            DepthwiseSeparable(C_in, C_out, kernel_size, 1, padding, 1, affine),
         ))
 
-
-def _depthwise_separable(C_in, C_out, kernel_size, stride, padding, dilation, affine):
-    return nn.Sequential(
-        nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C_in, bias=False),
-        nn.Conv2d(C_in, C_out, 1, bias=False),
-        nn.BatchNorm2d(C_out, affine=affine),
-    )
+    def after_relu(self, x):
+        if not _lean(self, x):
+            return self.body(x)
+        first, _, second = self.body
+        return second(first(x), relu=True)  # the ReLU between the pairs is recomputed in backward
 
 
 class FactorizedReduce(nn.Module):
@@ -80,7 +362,7 @@ class FactorizedReduce(nn.Module):
             raise ValueError(f"FactorizedReduce: C_out must be even, got {C_out}")
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = BatchNorm2d(C_out, affine=affine)
 
     def after_relu(self, x):
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1)) if x.size(2) % 2 or x.size(3) % 2 else x[:, :, 1:, 1:]
@@ -126,8 +408,8 @@ def _skip(C, stride, affine):
 def _pool(kind):
     def build(C, stride, affine):
         if kind == "max":
-            return nn.MaxPool2d(3, stride=stride, padding=1)
-        return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+            return MaxPool2d(3, stride=stride, padding=1)
+        return AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
     return build
 
@@ -146,7 +428,7 @@ OPS: Dict[str, OpConstructor] = {
     "conv_7x1_1x7": lambda C, stride, affine: ReLUFirst(nn.Sequential(
         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
-        nn.BatchNorm2d(C, affine=affine),
+        BatchNorm2d(C, affine=affine),
     )),
     # NAS-Bench-201 (Single-DARTS App. B): ReLU-Conv-BN convolutions.
     "nor_conv_1x1": lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine),
@@ -176,5 +458,5 @@ def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False)
         raise ValueError(f"unknown operation {name!r}; known: {sorted(OPS)} (add one with pynas.nn.register_op)")
     op = OPS[name](C, stride, affine)
     if search and name in POOLS:
-        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        op = nn.Sequential(op, BatchNorm2d(C, affine=False))
     return op

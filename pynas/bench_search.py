@@ -1,0 +1,497 @@
+"""Whole search steps: pynas' fused supernet against the eager way (`pynas bench search`).
+
+One search step (``Strategy.step``: the α step and the weight step) of the
+DARTS CIFAR supernet for each method, computed two ways over the *same*
+modules and parameters:
+
+- ``fused``: :class:`~pynas.nn.SearchNetwork` as it is (``none`` never run, one
+  ReLU per edge, all edges of a node in one ``mixed_sum``, fused Gumbel-softmax,
+  the operations' lean training forms of :mod:`pynas.nn.ops`);
+- ``eager``: :class:`EagerSupernet`, the way public NAS code computes the same
+  function: per edge ``sum(w_k * op_k(x))`` over every operation, ``none``
+  included as a zeros-producing op, each op with its own ReLU, nodes as a
+  Python sum of edges, plain PyTorch operations, Gumbel noise ``-log(-log U)``
+  drawn in Python.
+
+Reported per method and path: images per second (training images per step over
+the median step time, after warm-up) and peak memory (CUDA max allocated; on
+CPU the peak RSS of a separate process per method and path, since
+``ru_maxrss`` never goes down), the activations one forward keeps for
+backward (the same on any device), and the ratios fused/eager. Before timing,
+the two paths are checked to give the same loss, gradients and BatchNorm
+statistics on a small network.
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .bench import device_name, keep_freed_memory
+from .io import write_json
+from .nn.ops import plain_forms, recompute_depthwise
+
+METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
+PATHS = ("eager", "fused")
+# DARTS' CIFAR-10 search (batch 64, C = 16, 8 cells, 32x32), and a CPU-sized one.
+FULL = dict(batch_size=64, C=16, layers=8, image_size=32, warmup=2, steps=5)
+QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=3)
+# The equality check: small, in float64.
+CHECK = dict(batch_size=2, C=4, layers=3, image_size=8)
+
+Noise = Callable[[torch.Size, torch.dtype, torch.device], torch.Tensor]
+
+
+# -- the eager supernet ---------------------------------------------------------
+
+
+def python_gumbel(generator: Optional[torch.Generator]) -> Noise:
+    """Gumbel noise ``-log(-log U)`` as public NAS code draws it (U from ``generator``)."""
+
+    def noise(shape, dtype, device):
+        u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+        return -torch.log(-torch.log(u.clamp_(min=torch.finfo(dtype).tiny)))
+
+    return noise
+
+
+def fused_gumbel(generator: Optional[torch.Generator]) -> Noise:
+    """The noise pynas' ``gumbel_softmax`` kernel draws from ``generator`` (consuming
+    it the same way), up to a constant per row, which no softmax or argmax sees:
+    ``log softmax(G)`` of a zero-logit sample at τ = 1. For checking equality."""
+    from .functional import gumbel_softmax
+
+    def noise(shape, dtype, device):
+        zeros = torch.zeros(shape, dtype=dtype, device=device)
+        return torch.log(gumbel_softmax(zeros, tau=1.0, generator=generator))
+
+    return noise
+
+
+class EagerSupernet:
+    """A :class:`~pynas.nn.SearchNetwork` computed the eager way, over its own
+    modules (the same parameters and BatchNorm buffers).
+
+    What differs from ``SearchNetwork.forward``: each edge is
+    ``sum(w_k * op_k(x))`` over all operations, ``none`` as ``x * 0``; every op
+    runs its own forward (its own ReLU) in its plain PyTorch form
+    (:func:`pynas.nn.ops.plain_forms`: autograd keeps what it keeps by default);
+    a node is the Python sum of its edges; relaxed weights are computed in
+    Python (softmax, sigmoid, Gumbel-softmax with ``noise``, straight-through
+    one-hot for ``gumbel_hard``). Hard samples run the selected operation only,
+    as GDAS' code does (running all would change the gradient to α). Covers
+    spaces where every edge has every op. Use as
+    ``strategy.forward = EagerSupernet(model)``.
+    """
+
+    def __init__(self, model, noise: Optional[Noise] = None):
+        self.model = model
+        self.noise = noise if noise is not None else python_gumbel(model.arch.generator)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with plain_forms():
+            return self._forward(x)
+
+    def _forward(self, x):
+        model = self.model
+        shared = {}
+        s0 = s1 = model.stem(x)
+        for cell in model.cells:
+            cell_type = "reduce" if cell.reduction else "normal"
+            if model.arch.sample_per == "cell" or cell_type not in shared:
+                shared[cell_type] = self.relaxed_weights(cell_type, x.size(0))
+            s0, s1 = s1, self.cell(cell, s0, s1, *shared[cell_type])
+        return model.classifier(model.global_pooling(s1).flatten(1))
+
+    def relaxed_weights(self, cell_type: str, batch_size: int):
+        """``(weights [E, K] or [B, E, K], active)``: per edge the ops to run (None: all)."""
+        arch = self.model.arch
+        if not bool(arch.mask(cell_type).all()):
+            raise ValueError("EagerSupernet: every edge must have every operation (no masks)")
+        alpha = arch.alphas[cell_type]
+        if arch.sample_per == "sample":
+            alpha = alpha.expand(batch_size, *alpha.shape)
+        if arch.relaxation == "softmax":
+            return F.softmax(alpha, dim=-1), None
+        if arch.relaxation == "sigmoid":
+            return torch.sigmoid(alpha), None
+        if arch.relaxation not in ("gumbel", "gumbel_hard"):
+            raise ValueError(f"EagerSupernet: relaxation {arch.relaxation!r} is not covered")
+        soft = F.softmax((alpha + self.noise(alpha.shape, alpha.dtype, alpha.device)) / arch.temperature, dim=-1)
+        if arch.relaxation == "gumbel":
+            return soft, None
+        index = soft.argmax(-1, keepdim=True)
+        hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
+        weights = hard - soft.detach() + soft
+        chosen = hard.reshape(-1, *hard.shape[-2:]).amax(0) > 0  # [E, K]: union over samples
+        return weights, [row.nonzero().flatten().tolist() for row in chosen.cpu()]
+
+    def cell(self, cell, s0, s1, weights, active):
+        states = [cell.preprocess1(s1)] if cell.inputs == 1 else [cell.preprocess0(s0), cell.preprocess1(s1)]
+        e = 0
+        for _ in range(cell.steps):
+            node = sum(self.edge(cell.edges[e + j], h, weights[..., e + j, :], None if active is None else active[e + j])
+                       for j, h in enumerate(states))
+            e += len(states)
+            states.append(node)
+        return torch.cat([states[n] for n in cell.concat], dim=1)
+
+    @staticmethod
+    def edge(mixed, x, weights, active):
+        """DARTS' ``sum(w * op(x) for w, op in zip(weights, ops))``."""
+        total = 0
+        for k in range(len(mixed.names)) if active is None else active:
+            out = x[:, :, :: mixed.stride, :: mixed.stride].mul(0.0) if mixed.names[k] == "none" \
+                else mixed.ops[mixed._slot[k]](x)
+            w = weights[..., k]
+            total = total + (w.view(-1, 1, 1, 1) if w.dim() == 1 else w) * out
+        return total
+
+
+# -- building a step --------------------------------------------------------------
+
+
+def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, seed: int = 0,
+          steps_per_epoch: int = 1000):
+    """The supernet and strategy of ``pynas search --method method`` on 10 classes."""
+    from .search.run import RunConfig, build_model
+    from .search.strategies import METHODS as STRATEGIES, SearchConfig
+
+    torch.manual_seed(seed)
+    cfg = RunConfig(space="darts", method=method, C=C, layers=layers, seed=seed, device=str(device))
+    model = build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3)).to(device=device, dtype=dtype)
+    strategy = STRATEGIES[method][0](model, SearchConfig(), steps_per_epoch)
+    return model, strategy
+
+
+def make_batches(batch_size: int, image_size: int, device="cpu", dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    batch = lambda: (torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device, dtype),
+                     torch.randint(0, 10, (batch_size,), generator=g).to(device))
+    return batch(), batch()
+
+
+class _DepthwiseRecomputed:
+    """The supernet with :func:`pynas.nn.ops.recompute_depthwise` on."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        with recompute_depthwise(True):
+            return self.model(x)
+
+
+def use_path(strategy, path: str, noise: Optional[Noise] = None, recompute_depthwise: bool = False) -> None:
+    """Makes ``strategy`` compute its supernet along ``path`` (``fused``, with the
+    depthwise outputs recomputed in backward if asked, or ``eager``)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "eager":
+        strategy.forward = EagerSupernet(strategy.model, noise)
+    else:
+        strategy.forward = _DepthwiseRecomputed(strategy.model) if recompute_depthwise else strategy.model
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- equality of the two paths -----------------------------------------------------
+
+
+def step_gradients(method: str, path: str, C: int, layers: int, image_size: int, batch_size: int,
+                   dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False) -> Dict[str, list]:
+    """The loss of one search step along ``path``, the gradients it leaves
+    (``weights``, ``alpha``; the optimisers do not step) and the model's
+    ``buffers`` after it (BatchNorm statistics). The eager path draws the fused
+    kernel's Gumbel noise, so both see the same samples."""
+    model, strategy = build(method, C, layers, dtype=dtype, seed=seed)
+    use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise)
+    strategy.w_opt.step = lambda *a, **k: None
+    if strategy.a_opt is not None:
+        strategy.a_opt.step = lambda *a, **k: None
+    train, val = make_batches(batch_size, image_size, dtype=dtype, seed=seed)
+    loss = strategy.step(train, val)["loss"]
+    grads = lambda params: [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    return dict(loss=[torch.tensor(loss)], weights=grads(strategy.weights), alpha=grads(strategy.alphas),
+                buffers=[b.clone() for b in model.buffers()])
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Within the block, torch uses ``n`` threads (tiny networks: more threads
+    only wait on each other, badly so on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_depthwise: bool = False,
+                **size) -> Dict[str, float]:
+    """Asserts that both paths give the same loss, gradients and BatchNorm
+    statistics for ``method`` (float64, a small network); returns the largest
+    difference of each."""
+    size = {**CHECK, **size}
+    with threads(1):
+        eager = step_gradients(method, "eager", **size)
+        fused = step_gradients(method, "fused", recompute_depthwise=recompute_depthwise, **size)
+    diffs = {}
+    for key in eager:
+        for i, (a, b) in enumerate(zip(fused[key], eager[key])):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol,
+                                       msg=lambda m, k=key, i=i: f"{method}: {k}[{i}] differs: {m}")
+        diffs[key] = max(float((a.double() - b.double()).abs().max()) for a, b in zip(fused[key], eager[key]))
+    return diffs
+
+
+# -- time and memory ---------------------------------------------------------------
+
+
+def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
+               device="cpu", seed: int = 0, recompute_depthwise: bool = False) -> Dict[str, dict]:
+    """Seconds per search step of both paths over one model, the paths taking
+    turns step by step (so drift on a shared machine favours neither)."""
+    model, strategy = build(method, C, layers, device, seed=seed)
+    train, val = make_batches(batch_size, image_size, device, seed=seed)
+    times = {p: [] for p in PATHS}
+    for i in range(warmup + steps):
+        for path in PATHS:
+            use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+            _sync(device)
+            start = time.perf_counter()
+            strategy.step(train, val)
+            _sync(device)
+            if i >= warmup:
+                times[path].append(time.perf_counter() - start)
+    out = {}
+    for path, ts in times.items():
+        median = statistics.median(ts)
+        out[path] = dict(step_ms=1e3 * median, images_per_s=batch_size / median, steps_ms=[1e3 * t for t in ts])
+    return out
+
+
+def saved_activations_mb(model, forward, batch) -> float:
+    """MB of the tensors one forward of the training loss keeps for backward
+    (unique storages, the parameters left out): the activation memory, the same
+    on any device. Tensors kept as recomputation recipes do not count."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(forward(batch[0]), batch[1])
+    del loss
+    return sum(saved.values()) / 2 ** 20
+
+
+def activations_mb(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int, device="cpu",
+                   seed: int = 0, recompute_depthwise: bool = False) -> float:
+    """:func:`saved_activations_mb` of one forward along ``path``."""
+    model, strategy = build(method, C, layers, device, seed=seed)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    return saved_activations_mb(model, strategy.forward, make_batches(batch_size, image_size, device, seed=seed)[0])
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
+                   steps: int = 2, device="cpu", seed: int = 0, threads: Optional[int] = None,
+                   recompute_depthwise: bool = False) -> dict:
+    """Peak memory of ``steps`` search steps along ``path``, in MB: CUDA max
+    allocated, or on CPU the peak RSS of this process (call it in a fresh one:
+    see :func:`memory_in_subprocess`); ``baseline_mb`` after the model, its
+    optimisers and the batches exist, ``increase_mb`` the peak above it."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, strategy = build(method, C, layers, device, seed=seed)
+    train, val = make_batches(batch_size, image_size, device, seed=seed)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / 2 ** 20
+    else:
+        baseline = _rss_mb()
+    for _ in range(steps):
+        strategy.step(train, val)
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    return dict(peak_mb=peak, baseline_mb=baseline, increase_mb=peak - baseline)
+
+
+def memory_in_subprocess(method: str, path: str, **options) -> dict:
+    """:func:`measure_memory` on CPU, in a fresh Python process (ru_maxrss is a
+    process-lifetime maximum, so each (method, path) needs its own)."""
+    code = "import json, sys; from pynas.bench_search import measure_memory; " \
+           "print(json.dumps(measure_memory(**json.loads(sys.argv[1]))))"
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    spec = json.dumps(dict(method=method, path=path, device="cpu", threads=torch.get_num_threads(), **options))
+    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement of {method}/{path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
+                 device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False) -> str:
+    """torch.profiler tables of one search step after a warm-up step: the top
+    operators by self time and by the memory they allocate themselves."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, strategy = build(method, C, layers, device, seed=seed)
+    train, val = make_batches(batch_size, image_size, device, seed=seed)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    strategy.step(train, val)
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        strategy.step(train, val)
+        _sync(device)
+    events = prof.key_averages()
+    by_time = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=row_limit)
+    by_memory = events.table(sort_by="self_cuda_memory_usage" if cuda else "self_cpu_memory_usage",
+                             row_limit=row_limit)
+    return f"{method} / {path}: by self time\n{by_time}\n{method} / {path}: by self memory\n{by_memory}"
+
+
+# -- the benchmark -------------------------------------------------------------------
+
+
+def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print) -> dict:
+    opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
+                recompute_depthwise=recompute_depthwise)
+    checks = {}
+    for method in methods:
+        checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise)
+        log(f"{method}: eager and fused give the same loss, gradients and BatchNorm statistics")
+    memory = {}
+    for method in methods:
+        for path in PATHS:
+            memory[method, path] = (memory_in_subprocess(method, path, **opts) if device == "cpu"
+                                    else measure_memory(method, path, device=device, **opts))
+            memory[method, path]["activations_mb"] = activations_mb(method, path, device=device, **opts)
+            log(f"{method} / {path}: peak {memory[method, path]['peak_mb']:.0f} MB")
+    rows = []
+    for method in methods:
+        times = time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts)
+        row = dict(method=method)
+        for path in PATHS:
+            row[path] = {**times[path], **memory[method, path]}
+        e, f = row["eager"], row["fused"]
+        row.update(speedup=f["images_per_s"] / e["images_per_s"], memory_ratio=f["peak_mb"] / e["peak_mb"],
+                   increase_ratio=f["increase_mb"] / e["increase_mb"],
+                   activations_ratio=f["activations_mb"] / e["activations_mb"])
+        rows.append(row)
+        log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
+    result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
+                  size=size, recompute_depthwise=recompute_depthwise,
+                  memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
+                  check=checks, rows=rows)
+    by_method = {r["method"]: r for r in rows}
+    if "darts" in by_method and "gdas" in by_method:
+        result["gdas_vs_darts_fused"] = by_method["gdas"]["fused"]["images_per_s"] / by_method["darts"]["fused"]["images_per_s"]
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The result as text: throughput, peak memory (and its increase over the
+    process after the model was built), and the activations kept for backward."""
+    s = result["size"]
+    head = (f"{result['device']} ({result['device_name']}, {result['threads']} threads), torch {result.get('torch', '?')}, "
+            f"{result.get('date', '?')}: batch {s['batch_size']}, C = {s['C']}, {s['layers']} cells, "
+            f"{s['image_size']}x{s['image_size']}; median of {s['steps']} steps after {s['warmup']}; "
+            f"memory: {result['memory']}" + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else ""))
+    cols = [("img/s", "images_per_s", ".2f", "speedup"), ("peak MB", "peak_mb", ".0f", "memory_ratio"),
+            ("+MB", "increase_mb", ".0f", "increase_ratio"), ("act. MB", "activations_mb", ".0f", "activations_ratio")]
+    header = f"{'method':<14}" + "".join(f"{'eager ' + n:>14}{'fused ' + n:>14}{'fused/eager':>12}" for n, *_ in cols)
+    lines = [head, header]
+    for r in result["rows"]:
+        cells = "".join(f"{r['eager'][k]:>14{fmt}}{r['fused'][k]:>14{fmt}}{r[ratio]:>11.2f}x" for _, k, fmt, ratio in cols)
+        lines.append(f"{r['method']:<14}{cells}")
+    if "gdas_vs_darts_fused" in result:
+        lines.append(f"gdas / darts (fused, images/s): {result['gdas_vs_darts_fused']:.2f}x")
+    return "\n".join(lines)
+
+
+def add_arguments(parser):
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    parser.add_argument("--quick", action="store_true", help=f"CPU size: batch {QUICK['batch_size']}")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    for name in ("batch_size", "C", "layers", "image_size", "warmup", "steps"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                            help=f"override the size (full: {FULL[name]}, quick: {QUICK[name]})")
+    parser.add_argument("--recompute-depthwise", action="store_true",
+                        help="fused path: recompute depthwise conv outputs in backward (pynas.nn.ops.recompute_depthwise)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler tables of one step per method and path instead of benchmarking")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"),
+                        help="folder for the JSON results ('' to skip writing)")
+
+
+def run(args):
+    import pynas
+
+    device = args.device or ("cuda" if torch.cuda.is_available() and pynas.cuda_kernels_available() else "cpu")
+    if device == "cuda" and not (torch.cuda.is_available() and pynas.cuda_kernels_available()):
+        raise SystemExit("pynas bench search: --device cuda needs a GPU and pynas' CUDA kernels")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = dict(QUICK if args.quick else FULL)
+    size.update({k: getattr(args, k) for k in size if getattr(args, k, None) is not None})
+    if args.profile:
+        shape = {k: size[k] for k in ("batch_size", "C", "layers", "image_size")}
+        for method in args.methods:
+            for path in PATHS:
+                print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise, **shape),
+                      flush=True)
+        return 0
+    kept = keep_freed_memory() if device == "cpu" else False  # timing only: RSS is measured in fresh processes
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    result = run_device(device, args.methods, size, args.recompute_depthwise,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
+                  quick=args.quick, glibc_keeps_freed_memory=kept)
+    print(format_table(result), flush=True)
+    if args.out:
+        name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"
+                f"-{stamp:%Y%m%d}.json")
+        path = os.path.join(args.out, name)
+        write_json(path, result)
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args())

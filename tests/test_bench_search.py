@@ -1,0 +1,115 @@
+"""The search benchmark: its eager path computes what the fused supernet does (loss,
+gradients, BatchNorm statistics), the operations' lean training forms equal their
+plain forms, and `pynas bench search` runs end to end and writes its JSON (timings
+are not asserted)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pynas.bench_search import METHODS, EagerSupernet, build, check_paths, make_batches, step_gradients, threads
+from pynas.cli import main
+from pynas.nn import SearchNetwork
+from pynas.nn.ops import build_op, plain_forms, recompute_depthwise
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_eager_and_fused_steps_give_the_same_loss_and_gradients(method):
+    diffs = check_paths(method)  # asserts; float64, the same Gumbel noise on both paths
+    assert max(diffs.values()) < 1e-9
+
+
+def test_the_same_with_depthwise_outputs_recomputed():
+    assert max(check_paths("darts", recompute_depthwise=True).values()) < 1e-9
+
+
+def test_the_check_sees_different_noise():
+    # With its own (Python) Gumbel noise the eager SNAS step differs: the check is not vacuous.
+    with threads(1):
+        fused = step_gradients("snas", "fused", C=4, layers=3, image_size=8, batch_size=2)["alpha"]
+        model, strategy = build("snas", 4, 3, dtype=torch.float64)
+        strategy.forward = EagerSupernet(model)
+        strategy.w_opt.step = strategy.a_opt.step = lambda *a, **k: None
+        strategy.step(*make_batches(2, 8, dtype=torch.float64))
+    assert not torch.allclose(strategy.alphas[0].grad, fused[0])
+
+
+def test_eager_path_runs_every_op_with_its_own_relu(monkeypatch):
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, num_classes=10, layers=1, steps=1, multiplier=1)
+    x = torch.randn(2, 3, 8, 8)
+    calls = []
+    original = F.relu
+    monkeypatch.setattr(F, "relu", lambda t, *a, **k: calls.append(t) or original(t, *a, **k))
+    with torch.no_grad():
+        EagerSupernet(model)(x)
+    eager_relus = len(calls)
+    calls.clear()
+    with torch.no_grad():
+        model(x)
+    # Two preprocessing ReLUs; one node, two edges of 4 ReLU-first ops (2 of them sep_convs with an
+    # inner ReLU), each op with its own ReLU; the fused path shares one per edge.
+    assert eager_relus == 2 + 2 * (4 + 2) and len(calls) < eager_relus
+
+
+@pytest.mark.parametrize("name, recompute", [("max_pool_3x3", False), ("avg_pool_3x3", False), ("skip_connect", False),
+                                             ("sep_conv_3x3", False), ("sep_conv_3x3", True), ("dil_conv_5x5", True)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_lean_training_forms_equal_the_plain_forms(name, recompute, stride):
+    # The fused path's operations keep fewer tensors for backward (pynas.nn.ops); the
+    # eager path runs them in plain_forms(). Same outputs, gradients and BN statistics.
+    torch.manual_seed(0)
+    op = build_op(name, 4, stride, affine=False, search=True).double()
+    plain = build_op(name, 4, stride, affine=False, search=True).double()
+    plain.load_state_dict(op.state_dict())
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 4, 6 // stride, 6 // stride, dtype=torch.float64)
+    with threads(1), recompute_depthwise(recompute):
+        y = op(x)
+        with plain_forms():
+            y_plain = plain(x)
+        torch.testing.assert_close(y, y_plain)
+        params, params_plain = [x, *op.parameters()], [x, *plain.parameters()]
+        for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(y_plain, params_plain, g)):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(op.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b)
+        # Twice differentiable (DARTS' second-order step differentiates the weight gradient);
+        # a max pool is piecewise linear, where numerical second derivatives are unreliable.
+        if name != "max_pool_3x3":
+            small = build_op(name, 2, stride, affine=False, search=True).double()
+            names = [n for n, _ in small.named_parameters()]
+            inputs = (torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True), *small.parameters())
+            assert torch.autograd.gradgradcheck(
+                lambda t, *p: torch.func.functional_call(small, dict(zip(names, p)), (t,)), inputs)
+
+
+def test_lean_forms_keep_fewer_activations():
+    from pynas.bench_search import saved_activations_mb
+
+    with threads(1):
+        model, _ = build("darts", 4, 3)
+        batch = make_batches(2, 8)[0]
+        eager = saved_activations_mb(model, EagerSupernet(model), batch)
+        fused = saved_activations_mb(model, model, batch)
+        with recompute_depthwise(True):
+            recomputed = saved_activations_mb(model, model, batch)
+    assert recomputed < fused < 0.6 * eager
+
+
+def test_bench_search_cli_writes_both_paths_and_ratios(tmp_path, capsys):
+    args = ["bench", "search", "--device", "cpu", "--methods", "gdas", "--batch-size", "2", "--C", "4",
+            "--layers", "3", "--image-size", "8", "--warmup", "0", "--steps", "1", "--threads", "1",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    (path,) = tmp_path.glob("search-cpu-*.json")
+    result = json.loads(path.read_text())
+    assert result["device"] == "cpu" and result["torch"] == torch.__version__ and result["date"]
+    assert result["size"]["batch_size"] == 2 and set(result["check"]) == {"gdas"}
+    (row,) = result["rows"]
+    assert row["method"] == "gdas"
+    for path_name in ("eager", "fused"):
+        assert row[path_name]["images_per_s"] > 0 and row[path_name]["peak_mb"] > 0
+    assert row["speedup"] > 0 and row["memory_ratio"] > 0 and 0 < row["activations_ratio"] < 1
+    assert "fused/eager" in capsys.readouterr().out
