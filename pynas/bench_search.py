@@ -15,8 +15,8 @@ modules and parameters:
 
 Reported per method and path: images per second (training images per step over
 the median step time, after warm-up) and peak memory (CUDA max allocated; on
-CPU the peak RSS of a separate process per method and path, since
-``ru_maxrss`` never goes down), the activations one forward keeps for
+CPU the peak RSS, VmHWM, of a separate process per method and path, since it
+never goes down), the activations one forward keeps for
 backward (the same on any device), and the ratios fused/eager. Before timing,
 the two paths are checked to give the same loss, gradients and BatchNorm
 statistics on a small network.
@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -312,9 +311,13 @@ def activations_mb(method: str, path: str, batch_size: int, C: int, layers: int,
     return saved_activations_mb(model, strategy.forward, make_batches(batch_size, image_size, device, seed=seed)[0])
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
@@ -335,19 +338,21 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated() / 2 ** 20
     else:
-        baseline = _rss_mb()
+        baseline = _proc_status_mb("VmRSS")
     for _ in range(steps):
         strategy.step(train, val)
     if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
+        # child would report its parent's peak when that is higher.
+        peak = _proc_status_mb("VmHWM")
     return dict(peak_mb=peak, baseline_mb=baseline, increase_mb=peak - baseline)
 
 
 def memory_in_subprocess(method: str, path: str, **options) -> dict:
-    """:func:`measure_memory` on CPU, in a fresh Python process (ru_maxrss is a
+    """:func:`measure_memory` on CPU, in a fresh Python process (VmHWM is a
     process-lifetime maximum, so each (method, path) needs its own)."""
     code = "import json, sys; from pynas.bench_search import measure_memory; " \
            "print(json.dumps(measure_memory(**json.loads(sys.argv[1]))))"

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pynas.bench_search import METHODS, EagerSupernet, build, check_paths, make_batches, step_gradients, threads
+from pynas.bench_search import (METHODS, EagerSupernet, build, check_paths, make_batches, memory_in_subprocess,
+                                 step_gradients, threads)
 from pynas.cli import main
 from pynas.nn import SearchNetwork
 from pynas.nn.ops import build_op, plain_forms, recompute_depthwise
@@ -96,6 +97,17 @@ def test_lean_forms_keep_fewer_activations():
         with recompute_depthwise(True):
             recomputed = saved_activations_mb(model, model, batch)
     assert recomputed < fused < 0.6 * eager
+
+
+def test_cpu_peak_memory_is_the_measuring_process_own():
+    # Linux carries ru_maxrss over fork and exec: a child measured that way reports its
+    # parent's peak when that is higher. The ballast makes this process's peak > 1 GiB.
+    ballast = torch.ones(2 ** 28)
+    with open("/proc/self/status") as f:
+        parent_mb = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    result = memory_in_subprocess("gdas", "fused", batch_size=2, C=4, layers=3, image_size=8, steps=1)
+    assert 0 < result["baseline_mb"] <= result["peak_mb"] < parent_mb - 512
+    del ballast
 
 
 def test_bench_search_cli_writes_both_paths_and_ratios(tmp_path, capsys):

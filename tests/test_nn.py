@@ -204,3 +204,27 @@ def test_every_space_with_every_relaxation(space, relaxation):
     assert y.shape == (2, 10) and torch.isfinite(y).all()
     y.sum().backward()
     assert all(torch.isfinite(a.grad).all() for a in model.arch_parameters())
+
+
+def test_networks_compute_in_channels_last_on_cpu():
+    # The layout is chosen at the input; every layer keeps it (faster CPU convs and pools).
+    torch.manual_seed(0)
+    model = SearchNetwork(C=8, num_classes=10, layers=3, steps=2, multiplier=2)
+    x = torch.randn(2, 3, 8, 8)
+    seen = []
+    model.cells[-1].register_forward_hook(lambda m, i, out: seen.append(out))
+    logits = model(x)
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+    model.channels_last = False
+    torch.testing.assert_close(model(x), logits)
+    assert seen[-1].is_contiguous()
+    model.channels_last = None
+    model.double()(x.double())  # oneDNN has no float64 kernels: float64 stays in NCHW
+    assert seen[-1].dtype == torch.float64 and seen[-1].is_contiguous()
+    # oneDNN's channels-last 1x1 conv backward crashes below 8 input channels: small C stays in NCHW.
+    small = SearchNetwork(C=4, num_classes=10, layers=3, steps=2, multiplier=2)
+    small.cells[-1].register_forward_hook(lambda m, i, out: seen.append(out))
+    small(x)
+    assert seen[-1].is_contiguous()
+    with pytest.raises(ValueError, match="channels_last"):
+        SearchNetwork(C=4, layers=3, channels_last=True)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..genotype import Genotype
+from .layout import check_channels_last, network_input
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 
 
@@ -83,12 +84,16 @@ class AuxiliaryHead(nn.Module):
 
 class EvalNetwork(nn.Module):
     """A child network of ``genotype``: ``forward`` returns ``(logits, aux_logits)``
-    (``aux_logits`` is None unless training with ``auxiliary=True``)."""
+    (``aux_logits`` is None unless training with ``auxiliary=True``). ``channels_last``:
+    the layout it computes in (None: see :func:`pynas.nn.layout.network_input`)."""
 
     def __init__(self, genotype: Genotype, C: int = 36, num_classes: int = 10, layers: int = 20,
-                 auxiliary: bool = True, stem_multiplier: int = 3, in_channels: int = 3, drop_path_prob: float = 0.0):
+                 auxiliary: bool = True, stem_multiplier: int = 3, in_channels: int = 3, drop_path_prob: float = 0.0,
+                 channels_last: Optional[bool] = None):
         super().__init__()
         self.drop_path_prob = drop_path_prob
+        self.C = C
+        self.channels_last = check_channels_last(channels_last, C, "EvalNetwork")
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
@@ -112,7 +117,7 @@ class EvalNetwork(nn.Module):
 
     def forward(self, x):
         aux = None
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(network_input(x, self.channels_last, self.C))
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:

@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..arch import Architecture
 from ..functional import mixed_sum
 from ..genotype import NB201Genotype
+from .layout import check_channels_last, network_input
 from .mixed_op import MixedOp
 from .ops import ReLUConvBN, build_op
 from .spaces import NB201, get_space
@@ -78,8 +79,11 @@ class NB201Network(nn.Module):
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, genotype: Optional[NB201Genotype] = None,
                  space=NB201, in_channels: int = 3, relaxation: str = "softmax", arch: Optional[Architecture] = None,
-                 **arch_kwargs):
+                 channels_last: Optional[bool] = None, **arch_kwargs):
         super().__init__()
+        self.C = C
+        # The layout it computes in (None: automatic, see pynas.nn.layout.network_input).
+        self.channels_last = check_channels_last(channels_last, C, "NB201Network")
         if isinstance(genotype, str):
             genotype = NB201Genotype.parse(genotype)
         if genotype is not None and len(genotype.nodes) != NB201_NODES - 1:
@@ -111,7 +115,7 @@ class NB201Network(nn.Module):
         return self.arch.parameters() if self.arch is not None else iter(())
 
     def forward(self, x):
-        h = self.stem(x)
+        h = self.stem(network_input(x, self.channels_last, self.C))
         shared = None
         for layer in self.cells:
             if isinstance(layer, NB201SearchCell):

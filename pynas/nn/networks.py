@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ..arch import Architecture, EdgeWeights
 from .cells import SearchCell, cell_edges
+from .layout import check_channels_last, network_input
 from .spaces import get_space
 
 
@@ -17,13 +18,18 @@ class SearchNetwork(nn.Module):
 
     The architecture (``self.arch``, an :class:`~pynas.arch.Architecture`) holds α
     apart from the weights: optimise :meth:`weight_parameters` and
-    :meth:`arch_parameters` separately.
+    :meth:`arch_parameters` separately. ``channels_last`` is the layout it
+    computes in (None: channels-last for float CPU inputs when C >= 8, see
+    :func:`pynas.nn.layout.network_input`).
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
-                 inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None, **arch_kwargs):
+                 inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
+                 channels_last: Optional[bool] = None, **arch_kwargs):
         super().__init__()
+        self.C = C
+        self.channels_last = check_channels_last(channels_last, C, "SearchNetwork")
         if layers < 1:
             raise ValueError(f"SearchNetwork: `layers` must be >= 1, got {layers}")
         space = get_space(space)
@@ -59,7 +65,7 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared: Dict[str, EdgeWeights] = {}
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(network_input(x, self.channels_last, self.C))
         for cell in self.cells:
             cell_type = "reduce" if cell.reduction else "normal"
             if self.arch.sample_per == "cell" or cell_type not in shared:
