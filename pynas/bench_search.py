@@ -16,7 +16,7 @@ modules and parameters:
 Reported per method and path: images per second (training images per step over
 the median step time, after warm-up) and peak memory (CUDA max allocated; on
 CPU the peak RSS, VmHWM, of a separate process per method and path, since it
-never goes down), the activations one forward keeps for
+never goes down, which also times that path's steps), the activations one forward keeps for
 backward (the same on any device), and the ratios fused/eager. Before timing,
 the two paths are checked to give the same loss, gradients and BatchNorm
 statistics on a small network.
@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .bench import device_name, keep_freed_memory
+from .bench import device_name
 from .io import write_json
 from .nn.ops import plain_forms, recompute_depthwise
 
@@ -322,11 +322,12 @@ def _proc_status_mb(field: str) -> float:
 
 def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                    steps: int = 2, device="cpu", seed: int = 0, threads: Optional[int] = None,
-                   recompute_depthwise: bool = False) -> dict:
+                   recompute_depthwise: bool = False, warmup: int = 0) -> dict:
     """Peak memory of ``steps`` search steps along ``path``, in MB: CUDA max
     allocated, or on CPU the peak RSS of this process (call it in a fresh one:
     see :func:`memory_in_subprocess`); ``baseline_mb`` after the model, its
-    optimisers and the batches exist, ``increase_mb`` the peak above it."""
+    optimisers and the batches exist, ``increase_mb`` the peak above it; and the
+    times of the steps after the first ``warmup`` (``steps_ms``)."""
     if threads:
         torch.set_num_threads(threads)
     model, strategy = build(method, C, layers, device, seed=seed)
@@ -339,16 +340,21 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
         baseline = torch.cuda.memory_allocated() / 2 ** 20
     else:
         baseline = _proc_status_mb("VmRSS")
-    for _ in range(steps):
+    times = []
+    for i in range(steps):
+        _sync(device)
+        start = time.perf_counter()
         strategy.step(train, val)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     if cuda:
-        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
         # child would report its parent's peak when that is higher.
         peak = _proc_status_mb("VmHWM")
-    return dict(peak_mb=peak, baseline_mb=baseline, increase_mb=peak - baseline)
+    return dict(peak_mb=peak, baseline_mb=baseline, increase_mb=peak - baseline, steps_ms=[1e3 * t for t in times])
 
 
 def memory_in_subprocess(method: str, path: str, **options) -> dict:
@@ -398,16 +404,28 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
     for method in methods:
         checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise)
         log(f"{method}: eager and fused give the same loss, gradients and BatchNorm statistics")
-    memory = {}
+    # On CPU each (method, path) is timed in the fresh process that measures its
+    # memory: with both paths in one process glibc's heap fragmented past 24 GB
+    # at batch 64. On CUDA (a caching allocator) the paths take turns step by step.
+    memory, cpu_times = {}, {}
     for method in methods:
         for path in PATHS:
-            memory[method, path] = (memory_in_subprocess(method, path, **opts) if device == "cpu"
-                                    else measure_memory(method, path, device=device, **opts))
+            if device == "cpu":
+                measured = memory_in_subprocess(method, path, steps=size["warmup"] + size["steps"],
+                                                warmup=size["warmup"], **opts)
+                median = statistics.median(measured["steps_ms"]) / 1e3
+                cpu_times[method, path] = dict(step_ms=1e3 * median, images_per_s=size["batch_size"] / median,
+                                               steps_ms=measured.pop("steps_ms"))
+                memory[method, path] = measured
+            else:
+                memory[method, path] = measure_memory(method, path, device=device, **opts)
+                memory[method, path].pop("steps_ms")
             memory[method, path]["activations_mb"] = activations_mb(method, path, device=device, **opts)
             log(f"{method} / {path}: peak {memory[method, path]['peak_mb']:.0f} MB")
     rows = []
     for method in methods:
-        times = time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts)
+        times = ({p: cpu_times[method, p] for p in PATHS} if device == "cpu" else
+                 time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts))
         row = dict(method=method)
         for path in PATHS:
             row[path] = {**times[path], **memory[method, path]}
@@ -420,6 +438,8 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
     result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
                   size=size, recompute_depthwise=recompute_depthwise,
                   memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
+                  timing=("paths alternating step by step in one process" if device == "cuda"
+                          else "each path in its own process (the one measuring its memory)"),
                   check=checks, rows=rows)
     by_method = {r["method"]: r for r in rows}
     if "darts" in by_method and "gdas" in by_method:
@@ -434,7 +454,7 @@ def format_table(result: dict) -> str:
     head = (f"{result['device']} ({result['device_name']}, {result['threads']} threads), torch {result.get('torch', '?')}, "
             f"{result.get('date', '?')}: batch {s['batch_size']}, C = {s['C']}, {s['layers']} cells, "
             f"{s['image_size']}x{s['image_size']}; median of {s['steps']} steps after {s['warmup']}; "
-            f"memory: {result['memory']}" + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else ""))
+            f"memory: {result['memory']}" + (f"; timing: {result['timing']}" if result.get("timing") else "") + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else ""))
     cols = [("img/s", "images_per_s", ".2f", "speedup"), ("peak MB", "peak_mb", ".0f", "memory_ratio"),
             ("+MB", "increase_mb", ".0f", "increase_ratio"), ("act. MB", "activations_mb", ".0f", "activations_ratio")]
     header = f"{'method':<14}" + "".join(f"{'eager ' + n:>14}{'fused ' + n:>14}{'fused/eager':>12}" for n, *_ in cols)
@@ -480,12 +500,14 @@ def run(args):
                 print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise, **shape),
                       flush=True)
         return 0
-    kept = keep_freed_memory() if device == "cpu" else False  # timing only: RSS is measured in fresh processes
+    # glibc's default allocator, as users run it: keep_freed_memory() (the ops
+    # benchmark's) put every block below 1 GB on the heap, which fragmented past
+    # 24 GB at batch 64 with both paths in one process.
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
-                  quick=args.quick, glibc_keeps_freed_memory=kept)
+                  quick=args.quick)
     print(format_table(result), flush=True)
     if args.out:
         name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"

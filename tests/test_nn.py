@@ -215,9 +215,14 @@ def test_networks_compute_in_channels_last_on_cpu():
     model.cells[-1].register_forward_hook(lambda m, i, out: seen.append(out))
     logits = model(x)
     assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+    grads = torch.autograd.grad(logits.logsumexp(1).sum(), list(model.weight_parameters()))
     model.channels_last = False
-    torch.testing.assert_close(model(x), logits)
+    nchw_logits = model(x)
     assert seen[-1].is_contiguous()
+    torch.testing.assert_close(nchw_logits, logits)
+    nchw_grads = torch.autograd.grad(nchw_logits.logsumexp(1).sum(), list(model.weight_parameters()))
+    for a, b in zip(grads, nchw_grads):  # the same math: float32 rounding apart
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     model.channels_last = None
     model.double()(x.double())  # oneDNN has no float64 kernels: float64 stays in NCHW
     assert seen[-1].dtype == torch.float64 and seen[-1].is_contiguous()
