@@ -500,9 +500,8 @@ def run(args):
                 print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise, **shape),
                       flush=True)
         return 0
-    # glibc's default allocator, as users run it: keep_freed_memory() (the ops
-    # benchmark's) put every block below 1 GB on the heap, which fragmented past
-    # 24 GB at batch 64 with both paths in one process.
+    # No keep_freed_memory() here (the ops benchmark's): glibc's default, as users
+    # run it; with every block below 1 GB on the heap a batch-64 run passed 24 GB.
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
                         log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 # On CPU, oneDNN's convolutions (the depthwise and 1x1 ones of every DARTS op above
-# all; the weight gradient of a 5x5 depthwise conv was ~6x faster) and PyTorch's
+# all; forward + backward of a 5x5 depthwise conv was ~6x faster) and PyTorch's
 # pooling kernels are much faster on channels-last tensors. The layout is chosen
 # once, for the input: every layer after it keeps it (convolutions, BatchNorm,
 # pools, ReLU, cat and pynas' kernels all follow their input's layout).

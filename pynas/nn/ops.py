@@ -10,9 +10,9 @@ Operations whose first layer is a ReLU expose ``relu_first = True`` and
 of them (the same math with one activation in memory instead of several).
 
 In training, the operations keep fewer tensors for backward than their plain
-PyTorch forms, with the same math (see "Lean training forms" below); on CPU the
-pools run in channels-last, where PyTorch's kernels are several times faster.
-:func:`plain_forms` switches both off (the eager reference of ``pynas bench search``).
+PyTorch forms, with the same math (see "Lean training forms" below);
+:func:`plain_forms` switches that off (the eager reference of ``pynas bench search``).
+On CPU the networks compute in channels-last (:mod:`pynas.nn.layout`).
 """
 import contextlib
 from typing import Callable, Dict
@@ -52,7 +52,7 @@ _RECOMPUTE_DEPTHWISE = False
 @contextlib.contextmanager
 def plain_forms():
     """Within the block, every operation runs its plain PyTorch form: autograd
-    keeps what it keeps by default, pools run in the input's layout."""
+    keeps what it keeps by default."""
     global _PLAIN
     before, _PLAIN = _PLAIN, True
     try:
@@ -127,20 +127,6 @@ class BatchNorm2d(nn.BatchNorm2d):
         return _BatchNormKeepingOutput.apply(x, self.running_mean, self.running_var, momentum, self.eps)[0]
 
 
-def _channels_last_on_cpu(x):
-    """``x`` in channels-last when it is a contiguous 4-d CPU tensor (PyTorch's CPU
-    pooling kernels are several times faster there), else as it is."""
-    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
-        return x.contiguous(memory_format=torch.channels_last), True
-    return x, False
-
-
-def _pooled(pool, x, *args):
-    x_in, moved = _channels_last_on_cpu(x)
-    y = pool(x_in, *args)
-    return y.contiguous() if moved else y
-
-
 def _pool_args(pool):
     """``(kernel, stride, padding)`` as lists for a square pool, else None."""
     k, s, p = pool.kernel_size, pool.stride, pool.padding
@@ -156,69 +142,29 @@ class _MaxPoolRecomputed(torch.autograd.Function):
     def forward(ctx, x, kernel_size, stride, padding):
         ctx.args = (kernel_size, stride, padding)
         ctx.save_for_backward(x)
-        return _pooled(F.max_pool2d, x, kernel_size, stride, padding)
+        return F.max_pool2d(x, kernel_size, stride, padding)
 
     @staticmethod
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
         kernel_size, stride, padding = ctx.args
-        x_in, moved = _channels_last_on_cpu(x.detach())
         with torch.no_grad():
-            _, indices = F.max_pool2d(x_in, kernel_size, stride, padding, return_indices=True)
-        if moved:
-            dy = dy.contiguous(memory_format=torch.channels_last)
-        dx = torch.ops.aten.max_pool2d_with_indices_backward(dy, x_in, kernel_size, stride, padding, [1, 1], False,
-                                                             indices)
-        return dx.contiguous() if moved else dx, None, None, None
+            _, indices = F.max_pool2d(x.detach(), kernel_size, stride, padding, return_indices=True)
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(dy, x.detach(), kernel_size, stride, padding, [1, 1],
+                                                             False, indices)
+        return dx, None, None, None
 
 
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (square, no dilation); in training it recomputes its
-    indices in backward instead of keeping them; on CPU it pools in channels-last."""
+    indices in backward instead of keeping them."""
 
     def forward(self, x):
         args = _pool_args(self)
-        if (_PLAIN or args is None or self.dilation != 1 or self.ceil_mode or self.return_indices or x.dim() != 4
-                or torch.compiler.is_compiling()):
+        if (args is None or self.dilation != 1 or self.ceil_mode or self.return_indices or x.dim() != 4
+                or not _lean(self, x)):
             return super().forward(x)
-        if _lean(self, x):
-            return _MaxPoolRecomputed.apply(x, *args)
-        if torch.is_grad_enabled() and x.requires_grad:  # e.g. under autocast: autograd's own form
-            return super().forward(x)
-        return _pooled(F.max_pool2d, x, *args)
-
-
-class _AvgPoolChannelsLast(torch.autograd.Function):
-    """An average pool (padding not counted) computed in channels-last on CPU."""
-
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding):
-        ctx.args = (kernel_size, stride, padding)
-        ctx.shape = x.shape
-        return _pooled(F.avg_pool2d, x, kernel_size, stride, padding, False, False)
-
-    @staticmethod
-    def backward(ctx, dy):
-        kernel_size, stride, padding = ctx.args
-        like = torch.empty(ctx.shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last)  # shape only
-        dx = torch.ops.aten.avg_pool2d_backward(dy.contiguous(memory_format=torch.channels_last), like, kernel_size,
-                                                stride, padding, False, False, None)
-        return dx.contiguous(), None, None, None
-
-
-class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d`` (square, padding not counted); on CPU it pools in channels-last."""
-
-    def forward(self, x):
-        if (_PLAIN or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous() or self.ceil_mode
-                or self.count_include_pad or self.divisor_override is not None or torch.compiler.is_compiling()):
-            return super().forward(x)
-        args = _pool_args(self)
-        if args is None:
-            return super().forward(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _AvgPoolChannelsLast.apply(x, *args)
-        return _pooled(F.avg_pool2d, x, *args, False, False)
+        return _MaxPoolRecomputed.apply(x, *args)
 
 
 class _ReLUKeepingInput(torch.autograd.Function):
@@ -409,7 +355,7 @@ def _pool(kind):
     def build(C, stride, affine):
         if kind == "max":
             return MaxPool2d(3, stride=stride, padding=1)
-        return AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
     return build
 
