@@ -2,7 +2,8 @@
 seeded train/validation split.
 
 ``digits`` is scikit-learn's bundled handwritten digits (1,797 8x8 grayscale
-images, 10 classes): no download, so ``pynas search`` runs anywhere. The image
+images, 10 classes), shipped inside pynas (``pynas/_data/digits.npz``): no
+download and no scikit-learn, so ``pynas search`` runs anywhere. The image
 datasets are read from ``--data`` in their standard on-disk formats (torchvision
 downloads them with ``--download``); their pickles are read by an unpickler
 that admits only NumPy arrays, never arbitrary objects.
@@ -14,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ._optional import require
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn")
 
@@ -30,15 +33,25 @@ class DatasetInfo:
     image_size: int
 
 
+DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data", "digits.npz")
+
+
+def load_digits_arrays():
+    """The digits as NumPy arrays: ``images`` uint8 ``[1797, 8, 8]`` (values
+    0-16) and ``target`` uint8 ``[1797]``, scikit-learn's ``load_digits()``
+    stored losslessly (46 KB) so that no scikit-learn is needed. The data are
+    the test part of the UCI ML hand-written digits set (CC BY 4.0)."""
+    import numpy as np
+
+    with np.load(DIGITS_FILE, allow_pickle=False) as f:
+        return f["images"], f["target"]
+
+
 def load_digits_dataset() -> Tuple[TensorDataset, DatasetInfo]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError("the digits dataset needs scikit-learn (pip install scikit-learn)") from e
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images, target = load_digits_arrays()
+    images = torch.from_numpy(images).float().unsqueeze(1) / 16.0
     images = (images - images.mean()) / images.std()
-    labels = torch.tensor(digits.target, dtype=torch.long)
+    labels = torch.from_numpy(target).long()
     return TensorDataset(images, labels), DatasetInfo("digits", 1, 10, 8)
 
 
@@ -100,8 +113,7 @@ def _require(path, name, download_hint):
 
 
 def _download(name, root):
-    import torchvision
-
+    torchvision = require("torchvision", needed_for="--download")
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}.get(name)
     if cls is not None:
         cls(root, train=True, download=True)
@@ -131,7 +143,7 @@ def load_image_dataset(name: str, root: str, train: bool = True, cutout: int = 0
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         info = DatasetInfo(name, 3, 10 if name == "cifar10" else 100, 32)
     else:
-        from scipy.io import loadmat
+        loadmat = require("scipy.io", extra="data", needed_for="SVHN").loadmat
 
         path = os.path.join(root, "train_32x32.mat" if train else "test_32x32.mat")
         _require(path, name, hint)

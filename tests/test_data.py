@@ -85,3 +85,27 @@ def test_search_runs_on_a_cifar_format_folder(tmp_path):
     assert main(["search", "--dataset", "cifar10", "--data", str(tmp_path / "data"), "--epochs", "1", "--C", "2",
                  "--layers", "3", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert (tmp_path / "run" / "genotype.txt").exists()
+
+
+def test_embedded_digits_equal_scikit_learns():
+    # pynas ships the digits (pynas/_data/digits.npz) so that no scikit-learn is needed;
+    # where scikit-learn is installed, the copy must be its load_digits() exactly.
+    from pynas.data import load_digits_arrays
+
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    digits = sklearn_datasets.load_digits()
+    images, target = load_digits_arrays()
+    assert images.shape == (1797, 8, 8) and target.shape == (1797,)
+    np.testing.assert_array_equal(images.astype(np.float64), digits.images)
+    np.testing.assert_array_equal(target.astype(np.int64), digits.target)
+
+
+def test_digits_load_without_scikit_learn(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now fails
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    data, info = load_dataset("digits")
+    x, y = data[0]
+    assert len(data) == 1797 and info.image_size == 8 and x.shape == (1, 8, 8) and int(y) == 0
+    assert abs(float(data.tensors[0].mean())) < 1e-5

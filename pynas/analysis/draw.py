@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from typing import Optional, Sequence, Tuple
 
+from .._optional import require
 from ..io import atomic_write
 
 Edge = Tuple[int, int, str]  # (source node, target node, operation)
@@ -20,8 +21,7 @@ OP_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", 
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", needed_for="plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -94,9 +94,9 @@ def _draw_with_matplotlib(edges, path, title, inputs, num_nodes, concat, colours
     """Nodes in a row (inputs, intermediate nodes, output); each edge an arc
     above the row whose height grows with its span, its label at the apex, so
     no two labels share a place."""
+    plt = pyplot()
     from matplotlib.patches import FancyArrowPatch
 
-    plt = pyplot()
     span = num_nodes + (1 if concat else 0)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * span), 1.0 + 0.45 * span))
     bend = 0.5  # arc3's control point sits bend·span above the chord; the apex half of that
