@@ -12,6 +12,7 @@ protocol. Every value can be overridden.
 A run directory holds the config, per-epoch metrics (JSON lines), an atomic
 checkpoint after every epoch from which ``--resume`` continues exactly, and
 ``result.json`` with parameters (M), FLOPs (M multiply-adds) and test accuracy.
+``--tensorboard DIR`` writes each epoch's record as TensorBoard scalars too.
 """
 import dataclasses
 import json
@@ -31,6 +32,7 @@ from .genotype import Genotype, NB201Genotype
 from .io import append_jsonl, save, truncate_jsonl, write_json, write_text
 from .nn import EvalNetwork, NB201Network
 from .select import parse_genotype
+from .tensorboard import TensorBoardLogger
 
 # The protocols' values; None in a TrainConfig means "the protocol's".
 DARTS_PROTOCOL = dict(C=36, layers=20, batch_size=96, epochs=600, lr=0.025, lr_min=0.0, momentum=0.9,
@@ -67,6 +69,7 @@ class TrainConfig:
     cutout: Optional[int] = None
     drop_path: Optional[float] = None
     grad_clip: Optional[float] = None
+    tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl
 
     def resolved(self, nb201: bool) -> "TrainConfig":
         """A copy with every unset value taken from the protocol for this dataset and network."""
@@ -205,6 +208,8 @@ class TrainRun:
         cfg = cfg.resolved(isinstance(self.genotype, NB201Genotype))
         cfg.validate()
         self.cfg, self.quiet = cfg, quiet
+        # Opened first: a missing tensorboard package stops the run before any work.
+        self.tensorboard = TensorBoardLogger(cfg.tensorboard) if cfg.tensorboard else None
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.train_data, self.test_data, self.info = load_train_test(cfg)
@@ -269,6 +274,9 @@ class TrainRun:
             print(f"\ninterrupted: the last finished epoch ({self.epoch}) is saved; continue with "
                   f"`pynas train --resume {self.out}`", file=sys.stderr)
             raise SystemExit(130)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         test_loss, test_acc = test_accuracy(self.model, self.test_data, cfg.batch_size, cfg.device)
         result = {"genotype": str(self.genotype), "dataset": cfg.dataset, "epochs": cfg.epochs,
                   "params_M": self.params / 1e6, "flops_M": self.multiply_adds / 1e6,
@@ -307,6 +315,8 @@ class TrainRun:
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "test_loss": test_loss, "test_acc": test_acc, "seconds": time.time() - start}
         append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
         self._save()
         self._log(f"\repoch {self.epoch}/{cfg.epochs} lr {lr:.5f} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | test loss {test_loss:.3f} acc {test_acc:.4f} "
