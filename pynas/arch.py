@@ -9,16 +9,18 @@ chosen by name, maps α to the weights every :class:`~pynas.nn.MixedOp` feeds to
 - ``sigmoid``      Single-DARTS (Sec. 5.1.2): sigmoid(α), not normalised.
 - ``gumbel``       SNAS (Eq. 5): soft Gumbel-softmax samples at temperature τ.
 - ``gumbel_hard``  GDAS: one-hot samples, straight-through gradient (τ anneals).
-- ``categorical``  DSNAS: a one-hot sample from softmax(α), gradient to α
-                   straight through p = softmax(α).
+- ``categorical``  DSNAS (Sec. 4, App. B): a one-hot sample Z_s from p =
+                   softmax(α) whose weight has value 1 and gradient ∇α log p_s,
+                   so α's gradient is C·(δ_s − p) with C = Σ ∂L/∂O_s ⊙ O_s.
 
 A boolean mask per cell type fixes an edge to one operation, removes an
 operation or removes an edge (perturbation-based selection); masked entries get
 weight 0 and are never run.
 """
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,30 +33,77 @@ RELAXATIONS = ("softmax", "sigmoid", "gumbel", "gumbel_hard", "categorical")
 SAMPLE_PER = ("forward", "cell", "sample")
 
 
+SCHEDULE_KINDS = ("linear", "exponential", "linear-epoch", "snas")
+
+
+def parse_init(init) -> Tuple[float, float]:
+    """(mean, std) of α's initial values from ``init``: ``"normal"`` (DARTS:
+    1e-3·N(0, 1)), ``"normal(MEAN,STD)"`` (SNAS' code: N(1, 0.01)), ``"zeros"``,
+    or a number (e.g. -ln 7 for Single-DARTS' sigmoid)."""
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        return float(init), 0.0
+    if init == "normal":
+        return 0.0, 1e-3
+    if init == "zeros":
+        return 0.0, 0.0
+    if isinstance(init, str):
+        text = init.replace(" ", "")
+        try:
+            if text.startswith("normal(") and text.endswith(")"):
+                mean, std = (float(v) for v in text[7:-1].split(","))
+                if std >= 0 and math.isfinite(mean) and math.isfinite(std):
+                    return mean, std
+            else:
+                value = float(text)
+                if math.isfinite(value):
+                    return value, 0.0
+        except ValueError:
+            pass
+    raise ValueError(f"α init must be 'normal', 'normal(MEAN,STD)', 'zeros' or a finite number, got {init!r}")
+
+
 class TemperatureSchedule:
-    """τ from ``start`` to ``end`` as search progress goes from 0 to 1,
-    ``linear`` (SNAS: 1 → 0.03) or ``exponential`` (GDAS: 10 → 0.1)."""
+    """τ from ``start`` to ``end`` over a search.
+
+    - ``linear`` / ``exponential``: per step, as search progress goes from 0 to 1;
+    - ``linear-epoch`` (GDAS' public code): per epoch e of E, τ = start − (start −
+      end)·e/(E − 1), so the last epoch runs at ``end``;
+    - ``snas`` (SNAS' public code): per epoch, τ = end + (start − end)·(1 − (e + 1)/E),
+      already below ``start`` in the first epoch and ``end`` in the last.
+    """
 
     def __init__(self, start: float, end: float, kind: str = "linear"):
-        if start <= 0 or end <= 0:
+        if not (math.isfinite(start) and math.isfinite(end)) or start <= 0 or end <= 0:
             raise ValueError(f"TemperatureSchedule: temperatures must be positive, got start={start}, end={end}")
-        if kind not in ("linear", "exponential"):
-            raise ValueError(f"TemperatureSchedule: `kind` must be 'linear' or 'exponential', got {kind!r}")
+        if kind not in SCHEDULE_KINDS:
+            raise ValueError(f"TemperatureSchedule: `kind` must be one of {SCHEDULE_KINDS}, got {kind!r}")
         self.start, self.end, self.kind = start, end, kind
 
     def __call__(self, progress: float) -> float:
+        """τ at search progress in [0, 1] (a per-step position for every kind)."""
         p = min(max(progress, 0.0), 1.0)
-        if self.kind == "linear":
-            return self.start + (self.end - self.start) * p
-        return self.start * (self.end / self.start) ** p
+        if self.kind == "exponential":
+            return self.start * (self.end / self.start) ** p
+        return self.start + (self.end - self.start) * p
+
+    def at(self, step: int, steps_per_epoch: int, epochs: int) -> float:
+        """τ at global ``step`` of a search of ``epochs`` epochs."""
+        epoch = step // max(steps_per_epoch, 1)
+        if self.kind == "linear-epoch":
+            return self(epoch / max(epochs - 1, 1))
+        if self.kind == "snas":
+            return self.end + (self.start - self.end) * max(0.0, 1 - (epoch + 1) / epochs)
+        return self(step / max(epochs * steps_per_epoch, 1))
 
     def __repr__(self):
         return f"TemperatureSchedule({self.start}, {self.end}, {self.kind!r})"
 
 
+# As the authors' public code anneals them: SNAS per epoch from 1 to 0.03, GDAS
+# per epoch from 10 to 0.1 (docs/fidelity.md).
 DEFAULT_SCHEDULES = {
-    "gumbel": TemperatureSchedule(1.0, 0.03, "linear"),
-    "gumbel_hard": TemperatureSchedule(10.0, 0.1, "linear"),
+    "gumbel": TemperatureSchedule(1.0, 0.03, "snas"),
+    "gumbel_hard": TemperatureSchedule(10.0, 0.1, "linear-epoch"),
 }
 
 
@@ -75,8 +124,8 @@ class Architecture(nn.Module):
         num_edges: edges per cell.
         cell_types: e.g. ``("normal", "reduce")``.
         relaxation: one of :data:`RELAXATIONS`.
-        init: ``"normal"`` (1e-3·N(0, 1), DARTS), ``"zeros"``, or a float (e.g.
-            ``-math.log(7)`` so that sigmoid(α) = 1/8, Single-DARTS).
+        init: see :func:`parse_init` (``"normal"``: 1e-3·N(0, 1), DARTS; a float,
+            e.g. ``-math.log(7)`` so that sigmoid(α) = 1/8, Single-DARTS).
         sample_per: ``"forward"`` (one sample per forward for all cells of a
             type), ``"cell"`` (a fresh sample per cell) or ``"sample"`` (one per
             input sample: ``[B, E, K]`` weights).
@@ -106,13 +155,8 @@ class Architecture(nn.Module):
 
     @staticmethod
     def _initial(init, E, K):
-        if init == "normal":
-            return 1e-3 * torch.randn(E, K)
-        if init == "zeros":
-            return torch.zeros(E, K)
-        if isinstance(init, (int, float)):
-            return torch.full((E, K), float(init))
-        raise ValueError(f"Architecture: `init` must be 'normal', 'zeros' or a number, got {init!r}")
+        mean, std = parse_init(init)
+        return mean + std * torch.randn(E, K) if std else torch.full((E, K), mean)
 
     @property
     def ops(self):
@@ -162,6 +206,11 @@ class Architecture(nn.Module):
         """Search progress in [0, 1]; sets τ from the schedule."""
         if self.schedule is not None:
             self.temperature = self.schedule(progress)
+
+    def set_position(self, step: int, steps_per_epoch: int, epochs: int) -> None:
+        """Sets τ from the schedule at global ``step`` of the search."""
+        if self.schedule is not None:
+            self.temperature = self.schedule.at(step, steps_per_epoch, epochs)
 
     # -- relaxed weights -------------------------------------------------------
     def probabilities(self, cell_type: str) -> torch.Tensor:
@@ -247,10 +296,13 @@ def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature:
         return EdgeWeights(torch.where(mask, w, torch.zeros_like(w)), _active_from_mask(mask))
     if relaxation == "gumbel_hard":
         w = gumbel_softmax(logits, tau=temperature, hard=True, generator=generator)
-    else:  # categorical (DSNAS): one-hot from softmax(α), straight through p
-        hard = gumbel_softmax(logits, tau=1.0, hard=True, generator=generator).detach()
-        p = _masked_softmax(alpha, mask)
-        w = hard - p.detach() + p
+    else:  # categorical (DSNAS): one-hot Z_s from softmax(α), weight 1 with gradient ∇α log p_s
+        hard = gumbel_softmax(logits, tau=1.0, hard=True, generator=generator).detach() * mask
+        log_p = torch.log_softmax(logits, -1).masked_fill(~mask, 0.0)
+        log_p_s = (hard * log_p).sum(-1, keepdim=True)
+        # Value exactly `hard`; ∂L/∂α = (∂L/∂w_s)·(δ_s − p) = C(Z_s)·∇α log p(Z_s), not p_s·C·(δ_s − p)
+        # as the straight-through `hard − p.detach() + p` would give.
+        w = hard * (1 + (log_p_s - log_p_s.detach()))
     return EdgeWeights(w, _active_from_hard(w, mask))
 
 

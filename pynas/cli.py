@@ -3,100 +3,161 @@ import argparse
 import os
 import sys
 
+from .search.cost import ESTIMATORS
+from .search.cost import PRESETS as COST_PRESETS
+
 
 def _add_search_arguments(parser):
-    from .search.run import SPACES, RunConfig
-    from .search.strategies import METHODS
+    from .arch import RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS
     from .data import DATASETS
+    from .search.presets import PRESETS
+    from .search.run import SPACES, RunConfig
+    from .search.strategies import A_OPTIMIZERS, METHODS
 
     d = RunConfig()
-    parser.add_argument("--space", choices=SPACES, default=d.space)
-    parser.add_argument("--method", choices=tuple(METHODS), default=d.method)
-    parser.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    parser.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
-    parser.add_argument("--download", action="store_true", help="download the dataset into --data")
-    parser.add_argument("--cutout", type=int, default=0, help="cutout length (0: off)")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--C", type=int, default=d.C, help="initial channels")
-    parser.add_argument("--layers", type=int, default=d.layers, help="cells")
-    parser.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--w-lr", type=float, default=d.w_lr)
-    parser.add_argument("--a-lr", type=float, default=d.a_lr)
-    parser.add_argument("--constraint", default=d.constraint, help="SNAS resource constraint: none, mild, moderate, aggressive")
-    parser.add_argument("--cost-estimator", default=d.cost_estimator, help="reparameterised, analytic or policy")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
-    parser.add_argument("--s1-from", default=None, metavar="RUN_DIR",
-                        help="for --space s1: a DARTS search run whose top-2 operations per edge form S1")
-    parser.add_argument("--relaxation", default=None, help="override the method's relaxation (e.g. sigmoid)")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                        help="published settings; explicit options still win")
-    parser.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the supernet")
-    parser.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
-                        help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
-    parser.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="sgas: weights-only epochs")
-    parser.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
-    parser.add_argument("--pt", dest="sgas_pt", action="store_true",
-                        help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
-    parser.add_argument("--pt-val-batches", type=int, default=None,
-                        help="sgas --pt: validation batches per measurement (all)")
-    parser.add_argument("--log-grad-correlation", action="store_true",
-                        help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
-    parser.add_argument("--nproc", type=int, default=1,
-                        help="data-parallel processes on this machine (or launch with torchrun)")
+    g = parser.add_argument_group("what to search")
+    g.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="a paper's published search settings (docs/presets.md); --config and explicit options win")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="a run's config.json: repeats that run; explicit options win")
+    g.add_argument("--space", choices=SPACES, default=d.space)
+    g.add_argument("--method", choices=tuple(METHODS), default=d.method)
+    g.add_argument("--relaxation", choices=RELAXATIONS, default=None,
+                   help="override the method's relaxation (e.g. sigmoid for single-level)")
+    g.add_argument("--s1-from", default=None, metavar="RUN_DIR",
+                   help="for --space s1-from-run: a DARTS search whose top-2 operations per edge form the space")
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    g.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
+    g.add_argument("--download", action="store_true", help="download the dataset into --data")
+    g.add_argument("--cutout", type=int, default=d.cutout, help="cutout length (0: off)")
+    g.add_argument("--train-fraction", type=float, default=None,
+                   help="share of the training set the weights train on, the rest is α's validation split "
+                        "(default: 0.5 for bi-level methods, 1 for single-level ones)")
+    g = parser.add_argument_group("supernet")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--C", type=int, default=d.C, help="initial channels")
+    g.add_argument("--layers", type=int, default=d.layers, help="cells (NAS-Bench-201: 3 stages of layers/3 cells)")
+    g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = parser.add_argument_group("weight optimiser (SGD, cosine annealing)")
+    g.add_argument("--w-lr", type=float, default=d.w_lr)
+    g.add_argument("--w-lr-min", type=float, default=None, help="default: 0.001; 0 for snas and dsnas")
+    g.add_argument("--w-momentum", type=float, default=d.w_momentum)
+    g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay)
+    g.add_argument("--w-nesterov", action=argparse.BooleanOptionalAction, default=d.w_nesterov)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="weights' gradient norm clip")
+    g = parser.add_argument_group("architecture optimiser")
+    g.add_argument("--a-optimizer", choices=A_OPTIMIZERS, default=d.a_optimizer)
+    g.add_argument("--a-lr", type=float, default=None,
+                   help="default: 3e-4 (DARTS); 0.15 on the embedded digits (a short search: docs/fidelity.md)")
+    g.add_argument("--a-betas", type=float, nargs=2, default=d.a_betas, metavar=("BETA1", "BETA2"), help="Adam")
+    g.add_argument("--a-momentum", type=float, default=d.a_momentum, help="SGD")
+    g.add_argument("--a-weight-decay", type=float, default=None, help="default: 1e-3; 0 under sigmoid")
+    g.add_argument("--a-grad-clip", type=float, default=None, help="α's gradient norm clip (default: none)")
+    g.add_argument("--a-init", default=None,
+                   help="normal (1e-3 N(0,1)), zeros or a number (default: the method's; -ln 7 under sigmoid)")
+    g = parser.add_argument_group("Gumbel sampling (snas, gdas, dsnas)")
+    g.add_argument("--tau-start", type=float, default=None, help="default: the relaxation's (gumbel 1, gumbel_hard 10)")
+    g.add_argument("--tau-end", type=float, default=None, help="default: the relaxation's (gumbel 0.03, gumbel_hard 0.1)")
+    g.add_argument("--tau-schedule", choices=SCHEDULE_KINDS, default=None, help="default: the relaxation's")
+    g.add_argument("--sample-per", choices=SAMPLE_PER, default=d.sample_per,
+                   help="one sample per forward for all cells of a type, per cell, or per input sample")
+    g = parser.add_argument_group("method options")
+    g.add_argument("--constraint", choices=("none", *COST_PRESETS), default=d.constraint,
+                   help="snas: resource constraint (docs/fidelity.md)")
+    g.add_argument("--constraint-weight", type=float, default=None, help="snas: λ (default: the constraint's)")
+    g.add_argument("--cost-estimator", choices=ESTIMATORS, default=d.cost_estimator)
+    g.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
+                   help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="sgas: weights-only epochs")
+    g.add_argument("--first-decision", type=int, default=d.first_decision, help="sgas: epochs before the first decision")
+    g.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
+    g.add_argument("--batch-increase", type=int, default=d.batch_increase, help="sgas: batch growth per decision")
+    g.add_argument("--pt", dest="sgas_pt", action="store_true",
+                   help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
+    g.add_argument("--pt-val-batches", type=int, default=None,
+                   help="sgas --pt: validation batches per measurement (default: all)")
+    g.add_argument("--log-grad-correlation", action="store_true",
+                   help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    g.add_argument("--quiet", action="store_true", help="no progress line")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    g.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (or launch with torchrun)")
+    for action in parser._actions:  # `--help` shows every default, also of options without a help text
+        if action.help is None and action.option_strings:
+            action.help = "(default: %(default)s)"
 
 
-# Published settings by name (explicit command-line options override them).
-PRESETS = {
-    # Single-DARTS on NAS-Bench-201 (002 App. B): 50 epochs, batch 64, SGD lr 0.005, Adam 3e-4.
-    "single-darts-nb201": dict(space="nb201", method="single-level", epochs=50, batch_size=64, w_lr=0.005,
-                               a_lr=3e-4),
-    # DARTS' CIFAR-10 search: C = 16, 8 cells, 50 epochs, batch 64.
-    "darts-cifar10": dict(space="darts", method="darts", dataset="cifar10", epochs=50, batch_size=64, C=16,
-                          layers=8),
-}
+# Options of `pynas search` that are not part of a run's configuration.
+_NOT_CONFIG = ("preset", "config", "resume", "quiet", "nproc", "command")
 
 
-def _apply_preset(args, argv):
-    if args.preset is None:
-        return
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv or sys.argv[1:]) if a.startswith("--")}
-    for key, value in PRESETS[args.preset].items():
-        if key not in given:
-            setattr(args, key, value)
+def _explicit_options(argv) -> set:
+    """The destinations of the options given on the command line (not defaults)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_search_arguments(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def search_config(args, argv) -> "RunConfig":
+    """The run configuration: defaults < --preset < --config FILE < explicit options."""
+    import dataclasses
+    import json
+
+    from .search.presets import PRESETS
+    from .search.run import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {}
+    if args.preset is not None:
+        values.update(PRESETS[args.preset])
+    if args.config is not None:
+        try:
+            with open(args.config) as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {args.config}: not a run configuration (a JSON object)")
+        unknown = sorted(set(loaded) - fields)
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown keys {unknown}")
+        loaded.pop("out", None)  # a repeated run gets its own directory
+        values.update(loaded)
+    explicit = _explicit_options(argv if argv is not None else sys.argv[2:])
+    values.update({k: getattr(args, k) for k in explicit if k in fields})
+    if "a_betas" in values:
+        values["a_betas"] = tuple(values["a_betas"])
+    return RunConfig(**values)
 
 
 def _search(args, argv=None):
     from .search import distributed
-    from .search.run import RunConfig, SearchRun
+    from .search.run import SearchRun
 
     if args.nproc > 1 and not distributed.launched():
         return distributed.spawn(args.nproc, argv if argv is not None else sys.argv[1:], args.device)
     distributed.init_if_launched(args.device)
-    _apply_preset(args, argv)
-    cfg = RunConfig(space=args.space, method=args.method, dataset=args.dataset, epochs=args.epochs,
-                    batch_size=args.batch_size, C=args.C, layers=args.layers, steps=args.steps, seed=args.seed,
-                    out=args.out, data=args.data, download=args.download, cutout=args.cutout, w_lr=args.w_lr, a_lr=args.a_lr, constraint=args.constraint,
-                    cost_estimator=args.cost_estimator, device=args.device, relaxation=args.relaxation,
-                    amp=args.amp, channels_last=args.channels_last, compile=args.compile, s1_from=args.s1_from,
-                    epsilon_alpha=args.epsilon_alpha, warmup_epochs=args.warmup_epochs,
-                    decision_freq=args.decision_freq, sgas_pt=args.sgas_pt, pt_val_batches=args.pt_val_batches,
-                    log_grad_correlation=args.log_grad_correlation)
+    search_argv = (argv if argv is not None else sys.argv[1:])[1:]
     try:
+        cfg = search_config(args, search_argv)
         run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
         print(f"pynas search: {e}", file=sys.stderr)
         return 2
     genotype = run.run()
     if run.rank == 0:
-        print(f"genotype: {genotype}")
-        print(f"run directory: {run.out}")
+        run.print_summary(genotype)
     distributed.finish()
     return 0
 
@@ -202,7 +263,8 @@ def _train(args):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
-    search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)")
+    search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_search_arguments(search)
     select = commands.add_parser("select", help="derive an architecture from a search run (rules or DARTS-PT)")
     _add_select_arguments(select)

@@ -31,6 +31,17 @@ def _edge_all_steps(n_pairs: int):
     return steps if steps * (steps + 3) // 2 == n_pairs else None
 
 
+def _literal_or_range(node):
+    """A literal, or ``range(a, b)`` with integer literals: DARTS' training log
+    prints ``normal_concat=range(2, 6)``."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords and 1 <= len(node.args) <= 3):
+        bounds = [ast.literal_eval(a) for a in node.args]
+        if all(type(b) is int for b in bounds):
+            return list(range(*bounds))
+    return ast.literal_eval(node)
+
+
 @dataclass(frozen=True)
 class Genotype:
     normal: Tuple[Pair, ...]
@@ -111,18 +122,22 @@ class Genotype:
         if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "Genotype"):
             raise ValueError("expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
         fields = ("normal", "normal_concat", "reduce", "reduce_concat")
+        if len(tree.args) > len(fields):
+            raise ValueError(f"Genotype takes at most {len(fields)} positional fields, got {len(tree.args)}")
         values = {}
         for name, node in zip(fields, tree.args):
             values[name] = node
         for kw in tree.keywords:
             if kw.arg not in fields:
                 raise ValueError(f"Genotype has no field {kw.arg!r}")
+            if kw.arg in values:
+                raise ValueError(f"Genotype field {kw.arg!r} is given twice")
             values[kw.arg] = kw.value
         missing = [f for f in fields if f not in values]
         if missing:
             raise ValueError(f"Genotype is missing {missing}")
         try:
-            literal = {k: ast.literal_eval(v) for k, v in values.items()}
+            literal = {k: _literal_or_range(v) for k, v in values.items()}
         except ValueError as e:
             raise ValueError(f"Genotype fields must be literals: {e}") from None
         for name in ("normal", "reduce"):
@@ -258,6 +273,28 @@ def derive_nb201(weights: torch.Tensor, ops: Sequence[str]) -> NB201Genotype:
     if row != w.size(0):
         raise ValueError(f"NB201 cells have 6 edges, got {w.size(0)} rows")
     return NB201Genotype(tuple(nodes))
+
+
+def random_genotype(ops: Sequence[str], steps: int = 4, seed: int = 0) -> Genotype:
+    """A uniformly random two-input cell of a space (the random-search baseline):
+    per node two distinct inputs among its predecessors, each edge an operation
+    drawn uniformly from ``ops`` without ``none``; the same for both cell types
+    draws (independently seeded by ``seed``)."""
+    import random
+
+    rng = random.Random(seed)
+    choices = [op for op in ops if op != "none"]
+    if not choices:
+        raise ValueError("random_genotype: the space has no operation besides `none`")
+    cells = {}
+    for cell_type in ("normal", "reduce"):
+        pairs = []
+        for k in range(steps):
+            for j in sorted(rng.sample(range(k + 2), 2)):
+                pairs.append((rng.choice(choices), j))
+        cells[cell_type] = pairs
+    concat = list(range(2, 2 + steps))
+    return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
 
 G = Genotype.parse

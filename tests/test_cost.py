@@ -26,7 +26,10 @@ def test_known_shapes_by_hand():
     p_dw, p_pw = 25 * C * C / C, C * C
     assert op_costs("dil_conv_5x5", C, 2, H, H) == (p_dw + p_pw, 256 * (p_dw + p_pw), 256 * 2 * (2 * C) + p_dw + p_pw)
     # Pool (Eq. 38, 40), skip (Eq. 39, 40), none.
-    assert op_costs("max_pool_3x3", C, 1, H, H) == (0, H * H * 9 * C * C, H * H * 2 * C)
+    assert op_costs("max_pool_3x3", C, 1, H, H) == (0, H * H * 9 * C, H * H * 2 * C)
+    # stride 2: k² per output element and channel; MAC reads the whole input and writes a quarter of it
+    assert op_costs("avg_pool_3x3", C, 2, H, H) == (0, (H // 2) ** 2 * 9 * C, H * H * C + (H // 2) ** 2 * C)
+    assert op_costs("max_pool_3x3", C, 1, H, H)[1] < op_costs("sep_conv_3x3", C, 1, H, H)[1]
     assert op_costs("skip_connect", C, 1, H, H) == (0, 0, H * H * 2 * C)
     assert op_costs("none", C, 1, H, H) == (0, 0, 0)
     with pytest.raises(ValueError, match="no resource cost formula"):
@@ -87,5 +90,6 @@ def test_snas_with_constraint_runs_and_prefers_cheap_ops():
     for _ in range(20):
         strategy.step((x, y), None)
     p = model.arch.probabilities("normal")
-    cheap = [DARTS.ops.index(o) for o in ("none", "skip_connect")]
-    assert p[:, cheap].sum(-1).mean() > 0.5  # a heavy constraint pushes α to free operations
+    free = [DARTS.ops.index(o) for o in ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")]
+    assert p[:, free].sum(-1).mean() > 0.6  # a heavy constraint pushes α to parameter-free operations,
+    assert bool((p.argmax(-1) == DARTS.ops.index("none")).all())  # most of all to the one that costs nothing

@@ -145,3 +145,21 @@ def test_edge_all_child_drops_nodes_without_inputs():
     assert model.cells[0].concat == [2, 5]
     logits, _ = model(torch.randn(2, 3, 16, 16))
     assert logits.shape == (2, 10)
+
+
+def test_random_genotype_is_a_uniform_two_input_cell_of_the_space():
+    from collections import Counter
+
+    from pynas.genotype import random_genotype
+    from pynas.nn import DARTS
+
+    g = random_genotype(DARTS.ops, seed=3)
+    assert g == random_genotype(DARTS.ops, seed=3) != random_genotype(DARTS.ops, seed=4)
+    for cell_type in ("normal", "reduce"):
+        for k, node in enumerate(g.nodes(cell_type)):
+            inputs = [j for _, j in node]
+            assert len(set(inputs)) == 2 and all(0 <= j < k + 2 for j in inputs)
+            assert all(op in DARTS.ops and op != "none" for op, _ in node)
+    # Node 2 of one cell: its input pair is always {0, 1}; the 7 operations of its first edge come up alike.
+    ops = Counter(random_genotype(DARTS.ops, steps=1, seed=s).normal[0][0] for s in range(2800))
+    assert set(ops) == set(DARTS.ops) - {"none"} and max(ops.values()) - min(ops.values()) < 120

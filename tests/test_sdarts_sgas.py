@@ -127,8 +127,9 @@ def test_sgas_decides_greedily_and_ends_with_two_inputs_per_node():
         before = {t: strategy.undecided_edges(t) for t in model.arch.cell_types}
         for d in strategy.decide():
             t, e = d["cell_type"], d["edge"]
-            expected = reference_scores(model.arch.alphas[t].detach(), none, before[t])
-            assert e == max(expected, key=expected.get)  # the best-scored undecided edge
+            # Normalised over all 9 edges (SGAS' code), the best-scored undecided edge chosen.
+            expected = reference_scores(model.arch.alphas[t].detach(), none, list(range(9)))
+            assert e == max(before[t], key=expected.get)
             alpha = model.arch.alphas[t][e].detach().clone()
             alpha[none] = float("-inf")
             assert d["op"] == model.arch.ops[int(alpha.argmax())]  # its largest non-`none` α
@@ -150,12 +151,13 @@ def test_sgas_decides_greedily_and_ends_with_two_inputs_per_node():
 def test_sgas_search_run_and_select(tmp_path, capsys):
     out = tmp_path / "sgas"
     cfg = RunConfig(method="sgas", epochs=3, C=2, layers=3, steps=2, batch_size=128, out=str(out),
-                    warmup_epochs=1, decision_freq=1)
+                    first_decision=2, decision_freq=1, batch_increase=8)
     run = SearchRun(cfg, quiet=True)
     genotype = run.run()
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert lines[0]["decisions"] == []  # the warm-up epoch trains the weights alone
+    assert lines[0]["decisions"] == []  # before the first decision α trains (from the first epoch)
     assert [len(r["decisions"]) for r in lines[1:]] == [2, 2]  # one edge per cell type per epoch
+    assert [r["batch_size"] for r in lines] == [128, 128, 136]  # grown by 8 after each round of decisions
     assert len(run.strategy.decisions) == 8  # the rest decided when the search ended early
     assert Genotype.parse(genotype).form("normal") == "two-input"
     assert main(["select", "--run", str(out), "--method", "pt", "--tune-epochs", "0", "--val-batches", "1",
@@ -176,7 +178,7 @@ def test_sgas_pt_chooses_each_op_by_perturbation(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pt, "op_by_perturbation", spy)
     cfg = RunConfig(method="sgas", sgas_pt=True, pt_val_batches=1, epochs=2, C=2, layers=3, steps=2,
-                    batch_size=128, out=str(tmp_path / "r"), warmup_epochs=1, decision_freq=1)
+                    batch_size=128, out=str(tmp_path / "r"), first_decision=1, decision_freq=1)
     run = SearchRun(cfg, quiet=True)
     run.run()
     assert len(calls) == len(run.strategy.decisions) == 8

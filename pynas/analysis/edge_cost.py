@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import EdgeWeights
-from ..data import load_dataset, loader, split
+from ..data import loader
 from ..functional import edge_cost
 from ..io import write_json
 from ..nn import SearchNetwork
@@ -393,14 +393,13 @@ def _network(cfg, run_dir: Optional[str]):
     """(model, train split, validation split) of a run configuration: the
     weights of ``run_dir``'s checkpoint, or at initialisation (None), seeded
     as a run starts."""
-    from ..search.run import build_model, load_run
+    from ..search.run import build_model, load_run, search_data
 
     if run_dir is not None:
         _, model, train_data, val_data = load_run(run_dir)
         return model, train_data, val_data
     cfg.validate()
-    dataset, info = load_dataset(cfg.dataset, cfg.data, 0, False)
-    train_data, val_data = split(dataset, cfg.train_fraction, cfg.seed)
+    train_data, val_data, info = search_data(cfg)
     torch.manual_seed(cfg.seed)
     return build_model(cfg, info).to(cfg.device), train_data, val_data
 

@@ -53,7 +53,7 @@ class History:
 
 
 def _space_ops(space: str) -> Tuple[str, ...]:
-    if space in ("minimal", "s1"):  # the minimal cell and S1 keep DARTS' α columns
+    if space in ("minimal", "s1", "s1-from-run"):  # the minimal cell and S1 keep DARTS' α columns
         return DARTS.ops
     return get_space(space).ops
 
@@ -218,7 +218,7 @@ def plot_probabilities(history: History, cell_type: str, path: str) -> None:
         for k, op in enumerate(history.ops):
             ax.plot(history.epochs, p[:, e, k], label=op, lw=1.5, ls="--" if op == "none" else "-")
         ax.set_title(f"edge {e}: {history.edge_names[e]}", fontsize=9)
-        ax.set_ylim(0, max(1.0, float(p.max())) * 1.02)
+        ax.set_ylim(0, float(p.max()) * 1.05)  # scaled to the data: small moves stay visible
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     handles, labels = axes.flat[0].get_legend_handles_labels()

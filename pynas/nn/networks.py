@@ -55,6 +55,8 @@ class SearchNetwork(nn.Module):
             C_pp, C_p = C_p, len(cell.concat) * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
+        self.record_edge_weights = False
+        self.last_edge_weights = []
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         arch = {id(p) for p in self.arch.parameters()}
@@ -66,11 +68,16 @@ class SearchNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared: Dict[str, EdgeWeights] = {}
         s0 = s1 = self.stem(network_input(x, self.channels_last, self.C))
+        # Each cell's edge weights of this forward, on request: the sample Z a resource constraint
+        # differentiates through, as SNAS' code does.
+        self.last_edge_weights = []
         for cell in self.cells:
             cell_type = "reduce" if cell.reduction else "normal"
             if self.arch.sample_per == "cell" or cell_type not in shared:
                 shared[cell_type] = self.arch.weights(cell_type, batch_size=x.size(0))
             w = shared[cell_type]
+            if self.record_edge_weights:
+                self.last_edge_weights.append(w.weights)
             s0, s1 = s1, cell(s0, s1, w.weights, w.active)
         return self.classifier(self.global_pooling(s1).flatten(1))
 

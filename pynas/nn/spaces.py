@@ -60,9 +60,26 @@ S3 = SearchSpace("s3", ("none", "skip_connect", "sep_conv_3x3"))
 S4 = SearchSpace("s4", ("noise", "sep_conv_3x3"))
 
 
+def _pairs(text: str) -> Tuple[Tuple[str, ...], ...]:
+    short = {"skip": "skip_connect", "max": "max_pool_3x3", "avg": "avg_pool_3x3", "sep3": "sep_conv_3x3",
+             "dil3": "dil_conv_3x3", "dil5": "dil_conv_5x5"}
+    return tuple(tuple(short[op] for op in pair.split("+")) for pair in text.split())
+
+
+# S1 as published (Zela et al.'s RobustDARTS, src/spaces.py `primitives_1`, which DARTS-PT's code
+# copies): two operations per edge, edges in cell order (0->2, 1->2, 0->3, 1->3, 2->3, 0->4, ...).
+S1 = SearchSpace("s1", DARTS_OPS, {
+    "normal": _pairs("skip+dil3 skip+dil5 skip+dil5 skip+sep3 skip+dil3 max+skip skip+sep3 skip+sep3 skip+dil3 "
+                     "skip+sep3 max+skip skip+dil3 dil3+dil5 dil3+dil5"),
+    "reduce": _pairs("max+avg max+dil3 max+avg max+avg skip+dil5 max+avg max+sep3 skip+dil3 skip+dil5 max+avg "
+                     "max+avg skip+dil5 skip+dil5 skip+dil5"),
+})
+
+
 def s1(edge_ops: Dict[str, Sequence[Sequence[str]]], ops: Sequence[str] = DARTS_OPS) -> SearchSpace:
-    """S1: a different operation list on every edge (DARTS-PT App. A.2), e.g. the
-    top-2 operations per edge of a DARTS search (see :func:`s1_from_alphas`)."""
+    """A space with a different operation list on every edge, like S1 (DARTS-PT
+    App. A.2), e.g. the top-2 operations per edge of a DARTS search (see
+    :func:`s1_from_alphas`); the published S1 is :data:`S1`."""
     return SearchSpace("s1", tuple(ops), {t: tuple(tuple(e) for e in edges) for t, edges in edge_ops.items()})
 
 
@@ -76,11 +93,11 @@ def s1_from_alphas(alphas: Dict[str, torch.Tensor], ops: Sequence[str] = DARTS_O
     return s1(edge_ops, ops)
 
 
-SPACES = {space.name: space for space in (DARTS, DARTS_WITHOUT_NONE, NB201, S2, S3, S4)}
+SPACES = {space.name: space for space in (DARTS, DARTS_WITHOUT_NONE, NB201, S1, S2, S3, S4)}
 
 
 def get_space(space) -> SearchSpace:
-    """A space by name (``darts``, ``darts-no-none``, ``nb201``, ``s2``-``s4``), an
+    """A space by name (``darts``, ``darts-no-none``, ``nb201``, ``s1``-``s4``), an
     operation list, or a :class:`SearchSpace`."""
     if isinstance(space, SearchSpace):
         return space

@@ -9,54 +9,108 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..analysis.grad_correlation import gradient_correlation
-from ..data import load_dataset, loader, split
-from ..genotype import derive_genotype, derive_nb201
+from ..data import load_dataset, load_image_dataset, loader, split
+from ..genotype import Genotype, NB201Genotype, derive_genotype, derive_nb201
 from ..io import append_jsonl, save, truncate_jsonl, write_json, write_text
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
-from .strategies import METHODS, SearchConfig, Sgas
+from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, TemperatureSchedule, parse_init
+from .strategies import A_OPTIMIZERS, METHODS, SearchConfig, Sgas
 
-SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "minimal")
+DIGITS_A_LR = 0.15
+SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s1-from-run", "minimal")
 
 
 @dataclass
 class RunConfig:
+    """Everything a search run depends on. ``None`` means "the method's default"
+    (see :meth:`resolved`); ``config.json`` holds the resolved values, so passing
+    it back (``pynas search --config``) repeats a run exactly."""
+
     space: str = "darts"
     method: str = "darts"
     dataset: str = "digits"
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 64
     C: int = 8
     layers: int = 5
     steps: int = 4
     seed: int = 0
-    train_fraction: float = 0.5
+    # Fraction of the training set the weights train on; the rest is α's validation
+    # split. None: 0.5 for bi-level methods; 1.0 for single-level ones (SNAS Sec. 3.1:
+    # the whole training set), which then report accuracy on the held-out test set.
+    train_fraction: Optional[float] = None
     out: Optional[str] = None
+    # Weights: SGD with cosine annealing from w_lr to w_lr_min (None: 0.001; 0 for snas/dsnas).
     w_lr: float = 0.025
-    a_lr: float = 3e-4
+    w_lr_min: Optional[float] = None
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    w_nesterov: bool = False
+    grad_clip: float = 5.0
+    # α: Adam (or SGD); weight decay None: 1e-3, but 0 under sigmoid (Single-DARTS Sec. 5.1.2).
+    # None: DARTS' 3e-4, or 0.15 on the embedded digits, whose default search takes ~100 α steps against
+    # DARTS' 19,550 (at 0.05 the mean largest probability stalled at 0.245 after 8 epochs: docs/fidelity.md).
+    a_lr: Optional[float] = None
+    a_betas: Tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: Optional[float] = None
+    a_optimizer: str = "adam"
+    a_momentum: float = 0.0
+    a_grad_clip: Optional[float] = None
+    a_init: Optional[str] = None  # "normal" (1e-3·N(0,1)), "zeros" or a number; None: the method's
+    # Gumbel temperature (None: the relaxation's default schedule).
+    tau_start: Optional[float] = None
+    tau_end: Optional[float] = None
+    tau_schedule: Optional[str] = None
+    sample_per: str = "forward"  # one sample per forward, per cell, or per input sample
     data: Optional[str] = None
     download: bool = False
     cutout: int = 0
     device: str = "cpu"
-    s1_from: Optional[str] = None  # S1: the run directory of a DARTS search whose top-2 ops per edge form it
+    s1_from: Optional[str] = None  # s1-from-run: the run directory of a DARTS search whose top-2 ops per edge form it
     relaxation: Optional[str] = None  # overrides the method's relaxation (e.g. sigmoid for single-level)
     amp: str = "none"  # "bf16": autocast
     channels_last: bool = False
     compile: bool = False
-    constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive
+    constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
+    constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
     epsilon_alpha: float = 0.3  # SDARTS-RS: the final noise range (ramped from 0.03)
-    warmup_epochs: int = 10  # SGAS: weights-only epochs before the first decision
+    warmup_epochs: int = 0  # SGAS: weights-only epochs before α trains (its public code: none)
+    first_decision: int = 10  # SGAS: the first decision after this many epochs
     decision_freq: int = 5  # SGAS: epochs between decisions
+    batch_increase: int = 0  # SGAS: the batch grows by this after each decision
     sgas_pt: bool = False  # SGAS+PT: perturbation-based operation choice on each decided edge
     pt_val_batches: Optional[int] = None  # SGAS+PT: validation batches per measurement (all)
     log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every method-dependent default (``None``) filled in."""
+        strategy, relaxation, arch_kwargs = METHODS[self.method]
+        relaxation = self.relaxation or relaxation
+        out = dataclasses.replace(self, relaxation=relaxation, a_betas=tuple(self.a_betas))
+        if out.a_lr is None:
+            out.a_lr = DIGITS_A_LR if self.dataset == "digits" else 3e-4
+        if out.train_fraction is None:
+            out.train_fraction = 0.5 if strategy.bilevel else 1.0
+        if out.w_lr_min is None:
+            out.w_lr_min = 0.0 if self.method in ("snas", "dsnas") else 0.001  # SNAS App. G.1: annealed to 0
+        if out.a_weight_decay is None:
+            out.a_weight_decay = 0.0 if relaxation == "sigmoid" else 1e-3
+        if out.a_init is None:
+            out.a_init = str(arch_kwargs.get("init", -math.log(7) if relaxation == "sigmoid" else "normal"))
+        schedule = DEFAULT_SCHEDULES.get(relaxation)
+        if schedule is not None:
+            out.tau_start = schedule.start if out.tau_start is None else out.tau_start
+            out.tau_end = schedule.end if out.tau_end is None else out.tau_end
+            out.tau_schedule = schedule.kind if out.tau_schedule is None else out.tau_schedule
+        return out
 
     def validate(self):
         if self.space not in SPACES:
@@ -71,13 +125,41 @@ class RunConfig:
             raise ValueError(f"--constraint must be one of none, {', '.join(PRESETS)}; got {self.constraint!r}")
         if self.cost_estimator not in ESTIMATORS:
             raise ValueError(f"--cost-estimator must be one of {ESTIMATORS}, got {self.cost_estimator!r}")
-        from ..arch import RELAXATIONS
-
         if self.relaxation is not None and self.relaxation not in RELAXATIONS:
             raise ValueError(f"--relaxation must be one of {RELAXATIONS}, got {self.relaxation!r}")
-        if self.space == "s1" and not self.s1_from:
-            raise ValueError("--space s1 needs --s1-from RUN_DIR: a finished DARTS search whose top-2 "
+        if self.space == "s1-from-run" and not self.s1_from:
+            raise ValueError("--space s1-from-run needs --s1-from RUN_DIR: a finished DARTS search whose top-2 "
                              "operations per edge define the space")
+        if self.s1_from and self.space != "s1-from-run":
+            raise ValueError(f"--s1-from applies to --space s1-from-run, not {self.space}")
+        if self.a_optimizer not in A_OPTIMIZERS:
+            raise ValueError(f"--a-optimizer must be one of {A_OPTIMIZERS}, got {self.a_optimizer!r}")
+        if self.sample_per not in SAMPLE_PER:
+            raise ValueError(f"--sample-per must be one of {SAMPLE_PER}, got {self.sample_per!r}")
+        if self.tau_schedule is not None and self.tau_schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"--tau-schedule must be one of {SCHEDULE_KINDS}, got {self.tau_schedule!r}")
+        if self.a_init is not None:
+            try:
+                parse_init(self.a_init)
+            except ValueError as e:
+                raise ValueError(f"--a-init: {e}") from None
+        if len(tuple(self.a_betas)) != 2 or not all(0 <= b < 1 for b in self.a_betas):
+            raise ValueError(f"--a-betas must be two numbers in [0, 1), got {self.a_betas}")
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
+        if self.train_fraction == 1 and METHODS[self.method][0].bilevel:
+            raise ValueError(f"--method {self.method} is bi-level: α needs a validation split, so "
+                             f"--train-fraction must be below 1")
+        for name in ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "a_lr", "a_weight_decay",
+                     "a_momentum", "a_grad_clip", "tau_start", "tau_end", "constraint_weight", "epsilon_alpha"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        for name in ("tau_start", "tau_end"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.batch_increase < 0 or self.first_decision < 0:
+            raise ValueError("--batch-increase and --first-decision must be >= 0")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"--amp must be none or bf16, got {self.amp!r}")
         if self.device not in ("cpu", "cuda"):
@@ -94,6 +176,9 @@ class RunConfig:
             raise ValueError(f"--epsilon-alpha must be at least 0.03 (the ramp's start), got {self.epsilon_alpha}")
         if self.warmup_epochs < 0 or self.decision_freq < 1:
             raise ValueError("--warmup-epochs must be >= 0 and --decision-freq >= 1")
+        if self.method == "sgas" and self.first_decision < self.warmup_epochs:
+            raise ValueError(f"--first-decision ({self.first_decision}) must not come before the end of "
+                             f"--warmup-epochs ({self.warmup_epochs})")
         if self.pt_val_batches is not None and self.pt_val_batches < 1:
             raise ValueError(f"--pt-val-batches must be at least 1, got {self.pt_val_batches}")
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
@@ -102,25 +187,29 @@ class RunConfig:
 
 
 def build_model(cfg: RunConfig, info):
-    _, relaxation, arch_kwargs = METHODS[cfg.method]
-    relaxation = cfg.relaxation or relaxation
-    if relaxation == "sigmoid" and "init" not in arch_kwargs:
-        arch_kwargs = dict(arch_kwargs, init=-math.log(7))  # Single-DARTS: sigmoid(α) = 1/8 at the start
+    """The supernet of a (resolved or not) run configuration."""
+    cfg = cfg.resolved()
+    init = cfg.a_init
+    schedule = (TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+                if cfg.tau_schedule is not None else None)
     # Seeded alike on every rank: data-parallel ranks draw the same samples.
-    arch_kwargs = dict(arch_kwargs, generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
+    arch_kwargs = dict(init=init, schedule=schedule, sample_per=cfg.sample_per,
+                       generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
+    relaxation = cfg.relaxation
     if cfg.space == "nb201":
         return NB201Network(cfg.C, N=max(1, cfg.layers // 3), num_classes=info.num_classes,
                             in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
     if cfg.space == "minimal":
         return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
                                     relaxation=relaxation, **arch_kwargs)
-    space = s1_space(cfg.s1_from) if cfg.space == "s1" else cfg.space
+    space = s1_space(cfg.s1_from) if cfg.space == "s1-from-run" else cfg.space
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
                          space=space, in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
 
 
 def s1_space(run_dir: str):
-    """S1 (DARTS-PT App. A.2): the top-2 operations per edge of a DARTS search's α."""
+    """``s1-from-run``: the top-2 operations per edge of a DARTS search's α (how Zela
+    et al. built S1; the published S1 itself is ``--space s1``)."""
     path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--s1-from: no checkpoint at {path}")
@@ -131,10 +220,50 @@ def s1_space(run_dir: str):
     return s1_from_alphas(alphas)
 
 
-def genotype_of(model):
+# The derivation rule each method's paper uses (SNAS Sec. 3.1: the child graph keeps
+# every edge whose argmax is not `none`; the DARTS family keeps the top-2 per node).
+METHOD_RULES = {"snas": "snas", "dsnas": "snas"}
+
+
+def method_rule(method: str) -> str:
+    return METHOD_RULES.get(method, "darts")
+
+
+def genotype_of(model, rule: str = "darts") -> str:
+    """The genotype of ``model`` by ``rule`` (NAS-Bench-201 supernets: argmax per edge)."""
     if isinstance(model, NB201Network):
         return str(derive_nb201(model.arch.probabilities("cell"), model.arch.ops))
-    return str(derive_genotype(model.arch))
+    return str(derive_genotype(model.arch, rule))
+
+
+def search_data(cfg: RunConfig):
+    """(weights' training data, α's validation data or the held-out test set, DatasetInfo).
+
+    Bi-level methods split the training set (``train_fraction``); single-level ones
+    train on all of it and report accuracy on the dataset's test set (for the
+    embedded digits, the fixed held-out split that ``pynas train`` tests on)."""
+    from ..train import DIGITS_TEST_FRACTION
+
+    cfg = cfg.resolved()
+    if cfg.dataset == "digits":  # the search never sees the digits' fixed test split
+        digits, info = load_dataset("digits")
+        dataset, test = split(digits, 1 - DIGITS_TEST_FRACTION, seed=0)
+    else:
+        dataset, info = load_dataset(cfg.dataset, cfg.data, cfg.cutout, cfg.download)
+        test = None
+    if cfg.train_fraction < 1:
+        train, val = split(dataset, cfg.train_fraction, cfg.seed)
+    else:
+        train, val = dataset, test if test is not None else load_image_dataset(cfg.dataset, cfg.data, train=False)[0]
+    return train, val, info
+
+
+def search_config(cfg: RunConfig) -> SearchConfig:
+    """The optimisers' settings of a resolved run configuration."""
+    return SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min, w_momentum=cfg.w_momentum,
+                        w_weight_decay=cfg.w_weight_decay, w_nesterov=cfg.w_nesterov, grad_clip=cfg.grad_clip,
+                        a_lr=cfg.a_lr, a_betas=tuple(cfg.a_betas), a_weight_decay=cfg.a_weight_decay,
+                        a_optimizer=cfg.a_optimizer, a_momentum=cfg.a_momentum, a_grad_clip=cfg.a_grad_clip)
 
 
 def _rng_state(model):
@@ -186,25 +315,26 @@ class SearchRun:
                 cfg = RunConfig(**json.load(f))
             cfg.out = resume
         cfg.validate()
+        cfg = cfg.resolved()
         self.cfg, self.quiet = cfg, quiet
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        dataset, self.info = load_dataset(cfg.dataset, cfg.data, cfg.cutout, cfg.download)
-        self.train_data, self.val_data = split(dataset, cfg.train_fraction, cfg.seed)
+        self.train_data, self.val_data, self.info = search_data(cfg)
         self.rank, self.world = _distributed()
         self.model = build_model(cfg, self.info).to(cfg.device)
         strategy_cls = METHODS[cfg.method][0]
-        config = SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, a_lr=cfg.a_lr)
+        config = search_config(cfg)
         # Steps per epoch on each rank (a DistributedSampler gives each rank 1/world of the data).
         steps = math.ceil(math.ceil(len(self.train_data) / self.world) / cfg.batch_size)
         extra = {}
         if cfg.constraint != "none":
-            extra = dict(constraint=ResourceConstraint(PRESETS[cfg.constraint], cfg.cost_estimator),
+            extra = dict(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
                          image_size=self.info.image_size)
         if cfg.method == "sdarts-rs":
             extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
         if cfg.method == "sgas":
-            extra = dict(warmup_epochs=cfg.warmup_epochs, decision_freq=cfg.decision_freq,
+            extra = dict(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
+                         decision_freq=cfg.decision_freq,
                          choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
         self.strategy = strategy_cls(self.model, config, steps, **extra)
         if cfg.channels_last:
@@ -215,6 +345,7 @@ class SearchRun:
         if cfg.compile:
             self.strategy.forward = torch.compile(self.model)
         self.epoch = 0
+        self.last_record = None  # the metrics of the last epoch this process ran
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if self.world > 1:  # one run directory: rank 0's name
             names = [self.out]
@@ -276,11 +407,59 @@ class SearchRun:
             for d in self.strategy.decide_all():
                 self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} -> {d['op']} (after the last epoch)")
             self._save()
-        genotype = genotype_of(self.model)
+        rule = method_rule(cfg.method)
+        genotype = genotype_of(self.model, rule)
         if self.rank == 0:
             write_text(os.path.join(self.out, "genotype.txt"), genotype + "\n")
-            write_json(os.path.join(self.out, "genotype.json"), {"genotype": genotype})
+            others = {}
+            if not isinstance(self.model, NB201Network):  # the other rules' genotypes beside it
+                for other in ("darts", "snas"):
+                    others[other] = genotype_of(self.model, other)
+                    write_text(os.path.join(self.out, f"genotype-{other}.txt"), others[other] + "\n")
+            write_json(os.path.join(self.out, "genotype.json"), {"genotype": genotype, "rule": rule, "by_rule": others})
         return genotype
+
+    def print_summary(self, genotype: str) -> None:
+        """The end of a search in a few lines: accuracy, how decided α is, the
+        genotype, and where its pictures are."""
+        record = self.last_record
+        held_out = "validation" if self.cfg.train_fraction < 1 else "test"
+        if record is not None:
+            print(f"{held_out} accuracy (supernet): {record['val_acc']:.4f}")
+        for cell_type in self.model.arch.cell_types:
+            p = self.model.arch.probabilities(cell_type).detach().double()
+            q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+            entropy = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(q.size(-1))
+            print(f"{cell_type} cells: mean normalised entropy {float(entropy.mean()):.3f}, "
+                  f"mean largest probability {float(q.max(-1).values.mean()):.3f}")
+        print(f"genotype ({method_rule(self.cfg.method)} rule): {genotype}")
+        pictures = self.draw_cells(genotype)
+        if pictures:
+            print(f"cells drawn: {', '.join(pictures)}")
+        print(f"run directory: {self.out}   (plots: pynas analyze evolution --run {self.out} --out DIR)")
+
+    def draw_cells(self, genotype: str):
+        """The final cells as PNG diagrams in the run directory (nothing without matplotlib)."""
+        from ..analysis.draw import draw_cell
+
+        try:
+            if isinstance(self.model, NB201Network):
+                g = NB201Genotype.parse(genotype)
+                cells = {"cell": ([(j, i, op) for i, node in enumerate(g.nodes, start=1) for op, j in node
+                                   if op != "none"], 1, len(g.nodes) + 1, [len(g.nodes)])}
+            else:
+                g = Genotype.parse(genotype)
+                cells = {t: ([(j, k + 2, op) for k, node in enumerate(g.nodes(t)) for op, j in node], 2,
+                             g.steps(t) + 2, getattr(g, f"{t}_concat")) for t in ("normal", "reduce")}
+            paths = []
+            for cell_type, (edges, inputs, nodes, concat) in cells.items():
+                path = os.path.join(self.out, f"cell-{cell_type}.png")
+                draw_cell(edges, path, f"{cell_type} cell", inputs=inputs, num_nodes=nodes, concat=concat,
+                          ops=self.model.arch.ops)
+                paths.append(path)
+            return paths
+        except ImportError:
+            return []
 
     def _ranks_agree(self) -> bool:
         """Whether every rank holds bit-identical α (checked, not assumed)."""
@@ -289,15 +468,21 @@ class SearchRun:
         torch.distributed.all_gather(gathered, alpha)
         return all(torch.equal(alpha, other) for other in gathered)
 
+    def batch_size(self) -> int:
+        """This epoch's batch: SGAS grows it by ``batch_increase`` after each round of decisions."""
+        rounds = self.strategy.decision_rounds() if isinstance(self.strategy, Sgas) else 0
+        return self.cfg.batch_size + self.cfg.batch_increase * rounds
+
     def _loader(self, data, seed):
         if self.world == 1:
-            return loader(data, self.cfg.batch_size, seed, self.epoch)
+            return loader(data, self.batch_size(), seed, self.epoch)
         sampler = torch.utils.data.DistributedSampler(data, self.world, self.rank, shuffle=True, seed=seed)
         sampler.set_epoch(self.epoch)
-        return torch.utils.data.DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler)
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size(), sampler=sampler)
 
     def _epoch(self):
         cfg = self.cfg
+        batch_size = self.batch_size()
         train = self._loader(self.train_data, cfg.seed)
         val = self._loader(self.val_data, cfg.seed + 1)
         val_iter = iter(val)
@@ -329,12 +514,13 @@ class SearchRun:
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
                   "cost": getattr(self.strategy, "last_cost", None),
                   "decisions": getattr(self.strategy, "last_decisions", None),
-                  "grad_correlation": grad_correlation,
-                  "genotype": genotype_of(self.model), "arch": _arch_summary(self.model)}
+                  "grad_correlation": grad_correlation, "batch_size": batch_size,
+                  "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
         if self.world > 1:
             record["ranks_agree"] = self._ranks_agree()
         if self.rank == 0:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
+        self.last_record = record
         self._save()
         for d in record["decisions"] or []:
             self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} (score {d['score']:.3f}) -> {d['op']}"
@@ -344,14 +530,13 @@ class SearchRun:
 
 
 def load_run(run_dir: str):
-    """(config, supernet with the checkpoint's weights and α, train split, val split)."""
+    """(config, supernet with the checkpoint's weights and α, train data, validation data)."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no search run at {run_dir} (config.json missing)")
     with open(path) as f:
-        cfg = RunConfig(**json.load(f))
-    dataset, info = load_dataset(cfg.dataset, cfg.data, 0, False)
-    train_data, val_data = split(dataset, cfg.train_fraction, cfg.seed)
+        cfg = RunConfig(**json.load(f)).resolved()
+    train_data, val_data, info = search_data(dataclasses.replace(cfg, cutout=0, download=False))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, info).to(cfg.device)
     checkpoint = os.path.join(run_dir, "checkpoint.pt")

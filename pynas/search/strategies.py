@@ -16,19 +16,35 @@ import torch.nn.functional as F
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
+A_OPTIMIZERS = ("adam", "sgd")
+
+
 @dataclass
 class SearchConfig:
-    """The public DARTS defaults (weights: SGD with cosine annealing; α: Adam)."""
+    """The public DARTS defaults (weights: SGD with cosine annealing; α: Adam).
+
+    ``a_optimizer`` ``"sgd"`` uses ``a_momentum`` (Single-DARTS Table 5 tries
+    both; SNAS' single-GPU code uses plain SGD); ``a_grad_clip`` clips α's
+    gradient norm (SNAS: 10; None: no clipping, as DARTS).
+    """
 
     epochs: int = 50
     w_lr: float = 0.025
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
+    w_nesterov: bool = False
     grad_clip: float = 5.0
     a_lr: float = 3e-4
     a_betas: Tuple[float, float] = (0.5, 0.999)
     a_weight_decay: float = 1e-3
+    a_optimizer: str = "adam"
+    a_momentum: float = 0.0
+    a_grad_clip: Optional[float] = None
+
+    def __post_init__(self):
+        if self.a_optimizer not in A_OPTIMIZERS:
+            raise ValueError(f"--a-optimizer must be one of {A_OPTIMIZERS}, got {self.a_optimizer!r}")
 
 
 def _global_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
@@ -48,15 +64,26 @@ class Strategy:
         self.weights = list(model.weight_parameters())
         self.alphas = list(model.arch_parameters())
         self.w_opt = torch.optim.SGD(self.weights, lr=config.w_lr, momentum=config.w_momentum,
-                                     weight_decay=config.w_weight_decay)
+                                     weight_decay=config.w_weight_decay, nesterov=config.w_nesterov)
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, config.epochs, eta_min=config.w_lr_min)
-        self.a_opt = torch.optim.Adam(self.alphas, lr=config.a_lr, betas=config.a_betas,
-                                      weight_decay=config.a_weight_decay) if self.alphas else None
+        self.a_opt = self._arch_optimizer(config) if self.alphas else None
         self.global_step = 0
         self.device = next(iter(self.weights)).device
         self.forward = model  # may be replaced by a torch.compile'd model
         self.autocast_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16
         self.channels_last = False
+
+    def _arch_optimizer(self, config: SearchConfig) -> torch.optim.Optimizer:
+        if config.a_optimizer == "sgd":
+            return torch.optim.SGD(self.alphas, lr=config.a_lr, momentum=config.a_momentum,
+                                   weight_decay=config.a_weight_decay)
+        return torch.optim.Adam(self.alphas, lr=config.a_lr, betas=config.a_betas, weight_decay=config.a_weight_decay)
+
+    def arch_optimizer_step(self) -> None:
+        """α's step after its gradients are in place (clipped first where configured)."""
+        if self.config.a_grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.alphas, self.config.a_grad_clip)
+        self.a_opt.step()
 
     def sync(self, params: List[torch.Tensor]) -> None:
         """Averages gradients over processes (data parallel); a no-op alone.
@@ -79,7 +106,8 @@ class Strategy:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
             logits = self.model(x) if self.forward is self.model else self.forward(x)
-        logits = logits.float()
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the loss of a lower-precision model in float32
+            logits = logits.float()
         return self.loss_fn(logits, y), logits
 
     def weight_step(self, batch: Batch) -> Dict[str, float]:
@@ -101,15 +129,12 @@ class Strategy:
         for a, g in zip(self.alphas, grads):
             a.grad = g
         self.sync(self.alphas)
-        self.a_opt.step()
-
-    def progress(self) -> float:
-        return self.global_step / (self.config.epochs * self.steps_per_epoch)
+        self.arch_optimizer_step()
 
     # -- the step -------------------------------------------------------------
     def step(self, train_batch: Batch, val_batch: Optional[Batch]) -> Dict[str, float]:
         """DARTS order: α first (on the validation batch), then the weights."""
-        self.model.arch.set_progress(self.progress())
+        self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
         if self.a_opt is not None:
             self.arch_step(train_batch, val_batch)
         metrics = self.weight_step(train_batch)
@@ -187,7 +212,7 @@ class DartsSecondOrder(Strategy):
         for a, ga, gp, gn in zip(self.alphas, g_alpha, g_pos, g_neg):
             a.grad = ga - eta * (gp - gn) / (2 * R)
         self.sync(self.alphas)
-        self.a_opt.step()
+        self.arch_optimizer_step()
 
 
 class SingleLevel(Strategy):
@@ -198,7 +223,7 @@ class SingleLevel(Strategy):
     bilevel = False
 
     def step(self, train_batch, val_batch=None):
-        self.model.arch.set_progress(self.progress())
+        self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
         self.w_opt.zero_grad(set_to_none=True)
         if self.a_opt is not None:
             self.a_opt.zero_grad(set_to_none=True)
@@ -208,7 +233,7 @@ class SingleLevel(Strategy):
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
         if self.a_opt is not None:
-            self.a_opt.step()
+            self.arch_optimizer_step()
         self.global_step += 1
         return _metrics(loss, logits, train_batch[1])
 
@@ -227,13 +252,15 @@ class Snas(SingleLevel):
             if image_size is None:
                 raise ValueError("Snas: a resource constraint needs `image_size`")
             self.tables = constraint.tables(model, image_size)
+            model.record_edge_weights = True
         self.last_cost = 0.0
 
     def loss(self, batch):
         loss, logits = super().loss(batch)
         if self.constraint is None or not torch.is_grad_enabled():
             return loss, logits
-        penalty = self.constraint.penalty(self.model.arch, self.tables)
+        # The reparameterised estimator differentiates through the forward's own samples Z.
+        penalty = self.constraint.penalty(self.model.arch, self.tables, self.model.last_edge_weights or None)
         self.last_cost = float(penalty.detach())
         return loss + penalty, logits
 
@@ -294,27 +321,33 @@ class SdartsRS(DartsFirstOrder):
 
 
 class Sgas(DartsFirstOrder):
-    """SGAS, Criterion 1 (Li et al. 2020; DARTS-PT App. A.1.3): the weights alone
-    for ``warmup_epochs``, then the DARTS first-order search in which, after
-    every ``decision_freq`` epochs, one undecided edge per cell type is decided: the
-    edge with the best score (normalised edge importance × normalised selection
-    certainty) keeps one operation (its largest non-``none`` α, or ``choose_op``'s
-    choice, e.g. perturbation-based for SGAS+PT); a node with two decided edges
-    loses its other inputs. The search space shrinks until every node has two."""
+    """SGAS, Criterion 1 (Li et al. 2020; DARTS-PT App. A.1.3), as its public code
+    runs it: the DARTS first-order search (α trains from the first epoch unless
+    ``warmup_epochs`` train the weights alone) in which, after ``first_decision``
+    epochs and then every ``decision_freq`` epochs, one undecided edge per cell
+    type is decided: the edge with the best score (edge importance × selection
+    certainty, each min-max normalised over all edges of the cell) keeps one
+    operation (its largest non-``none`` α, or ``choose_op``'s choice, e.g.
+    perturbation-based for SGAS+PT); a node with two decided edges loses its other
+    inputs. The search space shrinks until every node has two."""
 
     name = "sgas"
 
-    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: int = 10,
-                 decision_freq: int = 5, choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2):
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: int = 0,
+                 first_decision: int = 10, decision_freq: int = 5,
+                 choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2):
         super().__init__(model, config, steps_per_epoch, loss_fn)
         if warmup_epochs < 0:
             raise ValueError(f"--warmup-epochs must be non-negative, got {warmup_epochs}")
         if decision_freq < 1:
             raise ValueError(f"--decision-freq must be at least 1, got {decision_freq}")
+        if first_decision < max(warmup_epochs, 0):
+            raise ValueError(f"--first-decision must be >= --warmup-epochs, got {first_decision} < {warmup_epochs}")
         arch = model.arch
         if "none" not in arch.ops:
             raise ValueError("sgas: its edge importance needs a space with the `none` operation")
-        self.warmup_epochs, self.decision_freq, self.choose_op = warmup_epochs, decision_freq, choose_op
+        self.warmup_epochs, self.first_decision, self.decision_freq = warmup_epochs, first_decision, decision_freq
+        self.choose_op = choose_op
         self.groups = node_edge_groups(arch.num_edges, inputs)
         self.epochs_done = 0
         self.decisions: List[Dict] = []
@@ -323,7 +356,7 @@ class Sgas(DartsFirstOrder):
     def step(self, train_batch, val_batch):
         decided = not any(self.undecided_edges(t) for t in self.model.arch.cell_types)
         if self.epochs_done < self.warmup_epochs or decided:  # nothing for α to learn
-            self.model.arch.set_progress(self.progress())
+            self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
             metrics = self.weight_step(train_batch)
             self.global_step += 1
             return metrics
@@ -332,10 +365,25 @@ class Sgas(DartsFirstOrder):
     def epoch_end(self):
         super().epoch_end()
         self.epochs_done += 1
-        after_warmup = self.epochs_done - self.warmup_epochs
-        # The first decision after `decision_freq` epochs of α training: 10 + 8 × 5 = DARTS' 50 epochs.
-        decide = after_warmup > 0 and after_warmup % self.decision_freq == 0
+        after = self.epochs_done - self.first_decision
+        # SGAS' code: decisions after epochs 10, 15, ..., 45 of its 50 (8 per cell type).
+        decide = after >= 0 and after % self.decision_freq == 0
         self.last_decisions = self.decide() if decide else []
+
+    def arch_optimizer_step(self):
+        # SGAS' code stops training the α of decided and pruned edges (no step, no weight decay):
+        # their values stay as they were at the decision and still enter later scores' normalisation.
+        arch = self.model.arch
+        frozen = {t: [e for e in range(arch.num_edges) if int(arch.mask(t)[e].sum()) <= 1] for t in arch.cell_types}
+        kept = {t: arch.alphas[t].detach()[rows].clone() for t, rows in frozen.items() if rows}
+        super().arch_optimizer_step()
+        with torch.no_grad():
+            for t, values in kept.items():
+                arch.alphas[t][frozen[t]] = values
+
+    def decision_rounds(self) -> int:
+        """How many epochs have ended with decisions (SGAS grows the batch after each)."""
+        return len({d["epoch"] for d in self.decisions})
 
     # -- decisions --------------------------------------------------------------
     def undecided_edges(self, cell_type: str) -> List[int]:
@@ -350,8 +398,12 @@ class Sgas(DartsFirstOrder):
             undecided = self.undecided_edges(cell_type)
             if not undecided:
                 continue
-            scores = sgas_scores(self.model.arch.alphas[cell_type].detach(), self.model.arch.mask(cell_type),
-                                 self.model.arch.ops.index("none"), undecided)
+            # As SGAS' code: scores from softmax(α) of every edge of the cell, decided and pruned ones
+            # included (their α as it stands), min-max normalised over them all; chosen among the undecided.
+            arch = self.model.arch
+            available = arch.space.available(cell_type, arch.num_edges).to(arch.alphas[cell_type].device)
+            scores = sgas_scores(arch.alphas[cell_type].detach(), available,
+                                 arch.ops.index("none"), list(range(arch.num_edges)))
             edge = max(undecided, key=lambda e: scores[e])
             made.append(self._decide_edge(cell_type, edge, scores[edge]))
         self.decisions += made

@@ -40,14 +40,20 @@ def genotype_masks(arch, genotype: Genotype, steps: int, inputs: int = 2):
 
 @contextlib.contextmanager
 def genotype_in_place_of_alpha(model, genotype: Genotype):
-    """Within the block, the supernet computes the child network of ``genotype``."""
+    """Within the block, the supernet computes the child network of ``genotype``:
+    each kept operation at weight 1 (one available op per edge under softmax; a
+    sigmoid supernet is read through softmax too, since sigmoid(α) < 1)."""
     cell = model.cells[0]
     masks = genotype_masks(model.arch, genotype, cell.steps, cell.inputs)
     saved = {t: model.arch.mask(t).clone() for t in masks}
+    relaxation = model.arch.relaxation
     try:
         for t, m in masks.items():
             model.arch.mask(t).copy_(m)
+        if relaxation == "sigmoid":
+            model.arch.relaxation = "softmax"
         yield model
     finally:
+        model.arch.relaxation = relaxation
         for t, m in saved.items():
             model.arch.mask(t).copy_(m)

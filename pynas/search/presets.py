@@ -1,0 +1,48 @@
+"""Published search settings by name (``pynas search --preset NAME``).
+
+A preset is what the authors ran: their paper's stated settings, completed (and,
+where the text and the public code disagree, replaced) by their public code.
+Every value is listed, with the paper section or code file it comes from, in
+docs/presets.md; a test checks this module against that document.
+Precedence: defaults < preset < ``--config FILE`` < explicit options.
+"""
+import math
+
+# DARTS' public search settings (quark0/darts cnn/train_search.py), the base of most presets.
+DARTS_BASE = dict(space="darts", method="darts", dataset="cifar10", epochs=50, batch_size=64, C=16, layers=8, steps=4,
+                  train_fraction=0.5, cutout=0, w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=3e-4,
+                  w_nesterov=False, grad_clip=5.0, a_optimizer="adam", a_lr=3e-4, a_betas=(0.5, 0.999),
+                  a_weight_decay=1e-3, a_init="normal")
+
+# SNAS' search as its public code (SNAS-Series, SNAS/train_search.py) runs it on one GPU.
+SNAS_BASE = dict(DARTS_BASE, method="snas", epochs=150, train_fraction=1.0, a_optimizer="sgd", a_lr=3e-4,
+                 a_momentum=0.0, a_weight_decay=0.0, a_grad_clip=10.0, a_init="normal(1,0.01)", tau_start=1.0,
+                 tau_end=0.03, tau_schedule="snas", sample_per="forward", cost_estimator="reparameterised")
+
+SINGLE_DARTS_SIGMOID = dict(method="single-level", relaxation="sigmoid", train_fraction=1.0, a_weight_decay=0.0,
+                            a_init=-math.log(7))
+
+PRESETS = {
+    "darts-cifar10": DARTS_BASE,
+    "darts-2nd-cifar10": dict(DARTS_BASE, method="darts-2nd"),
+    "snas-cifar10": dict(SNAS_BASE, constraint="log", constraint_weight=1.5e-3),
+    "snas-cifar10-mild": dict(SNAS_BASE, constraint="mild"),
+    "snas-cifar10-moderate": dict(SNAS_BASE, constraint="moderate"),
+    "snas-cifar10-aggressive": dict(SNAS_BASE, constraint="aggressive"),
+    "dsnas-cifar10": dict(SNAS_BASE, method="dsnas", tau_start=None, tau_end=None, tau_schedule=None),
+    "gdas-cifar10": dict(DARTS_BASE, method="gdas", epochs=250, batch_size=256, layers=6, w_weight_decay=5e-4,
+                         w_nesterov=True, tau_start=10.0, tau_end=0.1, tau_schedule="linear-epoch"),
+    "single-darts-nb201": dict(DARTS_BASE, **SINGLE_DARTS_SIGMOID, space="nb201", layers=15, w_lr=0.005),
+    "single-darts-darts": dict(DARTS_BASE, **SINGLE_DARTS_SIGMOID),
+    "sdarts-rs-cifar10": dict(DARTS_BASE, method="sdarts-rs", epsilon_alpha=0.3),
+    "sgas-cifar10": dict(DARTS_BASE, method="sgas", warmup_epochs=0, first_decision=10, decision_freq=5,
+                         batch_increase=8),
+    "wiring-dsnas-minimal": dict(DARTS_BASE, method="dsnas", space="minimal", steps=2, epochs=150, batch_size=96,
+                                 train_fraction=1.0),
+    "wiring-darts-minimal": dict(DARTS_BASE, space="minimal", steps=2, batch_size=96),
+}
+# DARTS-PT's supernets on S1-S4 (001 Sec. 5.1, 6, App. A.2): DARTS' settings in each space, and with α fixed.
+for _space in ("s1", "s2", "s3", "s4"):
+    PRESETS[f"darts-pt-{_space}"] = dict(DARTS_BASE, space=_space)
+    PRESETS[f"darts-pt-{_space}-fixed-alpha"] = dict(DARTS_BASE, space=_space, method="fixed")
+del _space
