@@ -232,6 +232,9 @@ def _add_train_arguments(parser):
     parser.add_argument("--out", default=None, help="run directory (default: runs/train-<dataset>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help='also write each epoch\'s metrics as TensorBoard scalars into DIR '
+                             '(pip install "pynas[tensorboard]")')
     # Unset values come from the protocol (DARTS' for CIFAR/SVHN, NAS-Bench-201's for its genotypes).
     kinds = {"nesterov": None}
     for name, value in DARTS_PROTOCOL.items():
@@ -247,7 +250,7 @@ def _train(args):
 
     protocol = {name: getattr(args, name) for name in DARTS_PROTOCOL}
     cfg = TrainConfig(genotype=args.genotype, dataset=args.dataset, data=args.data, download=args.download,
-                      seed=args.seed, device=args.device, out=args.out, **protocol)
+                      seed=args.seed, device=args.device, out=args.out, tensorboard=args.tensorboard, **protocol)
     try:
         run = TrainRun(cfg, resume=args.resume, quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -262,6 +265,9 @@ def _train(args):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pynas", description="Differentiable NAS with fused kernels.")
+    from . import doctor as doctor_module
+
+    parser.add_argument("--version", action="version", version=doctor_module.version_string())
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -278,6 +284,9 @@ def main(argv=None) -> int:
     from .analysis import cli as analysis_cli
 
     analysis_cli.add_arguments(analyze)
+    doctor = commands.add_parser("doctor", help="versions, kernels built, GPUs, threads and a self-check of each "
+                                               "op (for bug reports)")
+    doctor_module.add_arguments(doctor)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
     from . import bench as bench_module
 
@@ -291,6 +300,8 @@ def main(argv=None) -> int:
         return _evaluate(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "doctor":
+        return doctor_module.run(args)
     if args.command == "analyze":
         return analysis_cli.run(args)
     return bench_module.run(args)

@@ -68,3 +68,14 @@ def test_cuda_architectures_from_the_gencode_flags():
     flags = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=compute_90",
              "-gencode=arch=compute_90,code=sm_90"]
     assert doctor._archs(flags) == "sm_80, PTX compute_90, sm_90"
+
+
+def test_version_and_doctor_through_the_command_line(capsys):
+    from pynas.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("pynas ")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "self-check" in out and "mixed_sum" in out and "FAIL" not in out
