@@ -85,6 +85,9 @@ def _add_search_arguments(parser):
     g.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     g.add_argument("--quiet", action="store_true", help="no progress line")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help='also write each epoch\'s metrics and α as TensorBoard scalars into DIR '
+                        '(pip install "pynas[tensorboard]")')
     g.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     g.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
     g.add_argument("--channels-last", action="store_true")

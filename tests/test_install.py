@@ -165,3 +165,16 @@ def test_wheel_from_sdist_installs_and_runs(sdist, tmp_path):
     _run([sys.executable, "-m", "pynas", "search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2",
           "--batch-size", "32", "--out", str(run), "--quiet"], cwd=tmp_path, env=env)
     assert (run / "genotype.txt").read_text().startswith("Genotype(")
+
+
+def test_search_writes_tensorboard_beside_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from pynas.cli import main
+
+    assert main(["search", "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
+                 "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb"), "--quiet"]) == 0
+    written = _read_scalars(str(tmp_path / "tb"))
+    metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [v for _, v in written["accuracy/val"]] == pytest.approx([m["val_acc"] for m in metrics])
+    p = metrics[-1]["arch"]["normal"]["probabilities"][0][4]
+    assert written["alpha/normal/edge_0/sep_conv_3x3"][-1] == (2, pytest.approx(p))

@@ -19,6 +19,7 @@ from ..data import load_dataset, load_image_dataset, loader, split
 from ..genotype import Genotype, NB201Genotype, derive_genotype, derive_nb201
 from ..io import append_jsonl, save, truncate_jsonl, write_json, write_text
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
+from ..tensorboard import TensorBoardLogger
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, TemperatureSchedule, parse_init
 from .strategies import A_OPTIMIZERS, METHODS, SearchConfig, Sgas
@@ -89,6 +90,7 @@ class RunConfig:
     sgas_pt: bool = False  # SGAS+PT: perturbation-based operation choice on each decided edge
     pt_val_batches: Optional[int] = None  # SGAS+PT: validation batches per measurement (all)
     log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
+    tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl (rank 0)
 
     def resolved(self) -> "RunConfig":
         """A copy with every method-dependent default (``None``) filled in."""
@@ -344,6 +346,9 @@ class SearchRun:
             self.strategy.autocast_dtype = torch.bfloat16
         if cfg.compile:
             self.strategy.forward = torch.compile(self.model)
+        # Opened first: a missing tensorboard package stops the run before any work.
+        self.tensorboard = (TensorBoardLogger(cfg.tensorboard, op_names=self.model.arch.ops)
+                            if cfg.tensorboard and self.rank == 0 else None)
         self.epoch = 0
         self.last_record = None  # the metrics of the last epoch this process ran
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -417,6 +422,8 @@ class SearchRun:
                     others[other] = genotype_of(self.model, other)
                     write_text(os.path.join(self.out, f"genotype-{other}.txt"), others[other] + "\n")
             write_json(os.path.join(self.out, "genotype.json"), {"genotype": genotype, "rule": rule, "by_rule": others})
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return genotype
 
     def print_summary(self, genotype: str) -> None:
@@ -520,6 +527,8 @@ class SearchRun:
             record["ranks_agree"] = self._ranks_agree()
         if self.rank == 0:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
+            if self.tensorboard is not None:
+                self.tensorboard.log(record)
         self.last_record = record
         self._save()
         for d in record["decisions"] or []:
