@@ -13,14 +13,43 @@ Inputs 0 and 1 are the cell's inputs; input ``i >= 2`` is intermediate node ``i`
 """
 import ast
 import json
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from .errors import quoted
 from .nn.ops import OPS
 
 Pair = Tuple[str, int]
+
+# Longest range(...) a genotype's concat may spell out (a cell has a handful of nodes).
+_MAX_RANGE = 1000
+
+
+def _index(value, where: str) -> int:
+    """An integer node index (not a bool, float or string), or a ValueError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{where}: a node index must be an integer, got {quoted(value, 40)}")
+    return int(value)
+
+
+def _pair(value, where: str) -> Pair:
+    """An (operation name, input index) pair, or a ValueError naming ``where``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{where}: expected one of the (operation name, input index) pairs, got {quoted(value, 60)}")
+    op, j = value
+    if not isinstance(op, str):
+        raise ValueError(f"{where}: the operation must be a name (a string), got {quoted(op, 40)}")
+    return op, _index(j, where)
+
+
+def _sequence(value, field: str):
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"`{field}` must be a list, got {quoted(value, 60)}")
+    return list(value)
 
 
 def _edge_all_steps(n_pairs: int):
@@ -37,8 +66,11 @@ def _literal_or_range(node):
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
             and not node.keywords and 1 <= len(node.args) <= 3):
         bounds = [ast.literal_eval(a) for a in node.args]
-        if all(type(b) is int for b in bounds):
-            return list(range(*bounds))
+        if all(type(b) is int for b in bounds) and (len(bounds) < 3 or bounds[2] != 0):
+            r = range(*bounds)
+            if len(r) > _MAX_RANGE:
+                raise ValueError(f"range{tuple(bounds)} has {len(r)} nodes; a cell has at most {_MAX_RANGE}")
+            return list(r)
     return ast.literal_eval(node)
 
 
@@ -50,11 +82,15 @@ class Genotype:
     reduce_concat: Tuple[int, ...]
 
     def __post_init__(self):
+        # Exact: names are strings and indices integers (1.5, "1" and True are refused, not converted).
         for field in ("normal", "reduce"):
-            pairs = tuple((str(op), int(j)) for op, j in getattr(self, field))
+            pairs = tuple(_pair(p, f"`{field}`[{i}]") for i, p in enumerate(_sequence(getattr(self, field), field)))
             object.__setattr__(self, field, pairs)
         for field in ("normal_concat", "reduce_concat"):
-            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+            concat = tuple(_index(j, f"`{field}`[{i}]") for i, j in enumerate(_sequence(getattr(self, field), field)))
+            if len(set(concat)) != len(concat):
+                raise ValueError(f"`{field}` {list(concat)} names a node twice")
+            object.__setattr__(self, field, concat)
         for cell_type in ("normal", "reduce"):
             self.nodes(cell_type)  # validates
 
@@ -93,7 +129,8 @@ class Genotype:
         for k, group in enumerate(groups):
             for op, j in group:
                 if op not in OPS:
-                    raise ValueError(f"{cell_type}: unknown operation {op!r} (register it with pynas.nn.register_op)")
+                    raise ValueError(f"{cell_type}: unknown operation {quoted(op, 40)} (register it with "
+                                     f"pynas.nn.register_op)")
                 if not 0 <= j < k + 2:
                     raise ValueError(f"{cell_type}: node {k + 2} takes input {j}; inputs must be in [0, {k + 2}) "
                                      f"(an edge to itself or a later node would make a cycle)")
@@ -115,12 +152,19 @@ class Genotype:
     @classmethod
     def parse(cls, text: str) -> "Genotype":
         """Reads DARTS' printed form (either layout); literals only, nothing is evaluated."""
+        if not isinstance(text, str):
+            raise ValueError(f"a genotype's text must be a string, got {type(text).__name__}")
         try:
             tree = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError as e:
-            raise ValueError(f"not a Genotype(...) expression: {e}") from None
+        except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte
+            raise ValueError(f"not a Genotype(...) expression: {quoted(text)} ({e.msg if isinstance(e, SyntaxError) else e})") from None
+        except (RecursionError, MemoryError):
+            raise ValueError(f"not a Genotype(...) expression: {quoted(text)} (nested too deeply)") from None
         if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "Genotype"):
-            raise ValueError("expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+            raise ValueError(f"expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...), "
+                             f"got {quoted(text)}")
+        if any(isinstance(a, ast.Starred) for a in tree.args) or any(kw.arg is None for kw in tree.keywords):
+            raise ValueError("Genotype fields must be given one by one (no *args or **kwargs)")
         fields = ("normal", "normal_concat", "reduce", "reduce_concat")
         if len(tree.args) > len(fields):
             raise ValueError(f"Genotype takes at most {len(fields)} positional fields, got {len(tree.args)}")
@@ -136,17 +180,15 @@ class Genotype:
         missing = [f for f in fields if f not in values]
         if missing:
             raise ValueError(f"Genotype is missing {missing}")
-        try:
-            literal = {k: _literal_or_range(v) for k, v in values.items()}
-        except ValueError as e:
-            raise ValueError(f"Genotype fields must be literals: {e}") from None
-        for name in ("normal", "reduce"):
-            if not all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
-                       for p in literal[name]):
-                raise ValueError(f"`{name}` must be a list of (operation name, input index) pairs")
-        for name in ("normal_concat", "reduce_concat"):
-            if not all(isinstance(i, int) for i in literal[name]):
-                raise ValueError(f"`{name}` must be a list of node indices")
+        literal = {}
+        for k, v in values.items():
+            try:
+                literal[k] = _literal_or_range(v)
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
+                raise ValueError(f"Genotype fields must be literals: `{k}` is not ({quoted(str(e), 100)})") from None
+        for name in ("normal", "reduce", "normal_concat", "reduce_concat"):
+            if not isinstance(literal[name], (list, tuple)):
+                raise ValueError(f"`{name}` must be a list, got {quoted(literal[name], 60)}")
         return cls(**literal)
 
     def to_json(self) -> str:
@@ -155,11 +197,21 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str) -> "Genotype":
+        fields = ("normal", "normal_concat", "reduce", "reduce_concat")
         try:
             data = json.loads(text)
-            return cls(data["normal"], data["normal_concat"], data["reduce"], data["reduce_concat"])
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"not a genotype in JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, integers of too many digits
+            raise ValueError(f"not a genotype in JSON: {quoted(text)} ({quoted(str(e), 100)})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"not a genotype in JSON: {quoted(text)} (expected an object with the keys {fields})")
+        unknown, missing = sorted(set(data) - set(fields)), [f for f in fields if f not in data]
+        if unknown or missing:
+            raise ValueError(f"genotype JSON: " + (f"unknown keys {[quoted(k, 30) for k in unknown[:5]]}" if unknown
+                                                   else f"missing keys {missing}"))
+        for name in fields:
+            if not isinstance(data[name], list):
+                raise ValueError(f"genotype JSON: `{name}` must be a list, got {quoted(data[name], 60)}")
+        return cls(*(data[f] for f in fields))
 
 
 @dataclass(frozen=True)
@@ -169,30 +221,44 @@ class NB201Genotype:
     nodes: Tuple[Tuple[Pair, ...], ...]
 
     def __post_init__(self):
-        nodes = tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes)
+        nodes = tuple(tuple(_pair(p, f"NB201 node {i}") for p in _sequence(node, f"NB201 node {i}"))
+                      for i, node in enumerate(_sequence(self.nodes, "nodes"), start=1))
         object.__setattr__(self, "nodes", nodes)
         for i, node in enumerate(nodes, start=1):
+            inputs = [j for _, j in node]
             for op, j in node:
                 if op not in OPS:
-                    raise ValueError(f"NB201 node {i}: unknown operation {op!r}")
+                    raise ValueError(f"NB201 node {i}: unknown operation {quoted(op, 40)}")
                 if not 0 <= j < i:
                     raise ValueError(f"NB201 node {i}: input {j} must be in [0, {i})")
+            duplicates = sorted({j for j in inputs if inputs.count(j) > 1})
+            if duplicates:
+                raise ValueError(f"NB201 node {i}: more than one edge from node {duplicates[0]}")
+            if len(inputs) != i:
+                raise ValueError(f"NB201 node {i} is incomplete: it needs an edge from each of nodes 0..{i - 1}, "
+                                 f"got {len(inputs)}")
+        if len(nodes) != 3:
+            raise ValueError(f"NB201 cells have 3 nodes, got {len(nodes)}")
 
     def __str__(self):
         return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|" for node in self.nodes)
 
     @classmethod
     def parse(cls, text: str) -> "NB201Genotype":
+        """Reads ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` exactly (ASCII digits, every edge once)."""
+        if not isinstance(text, str):
+            raise ValueError(f"an NB201 string must be a string, got {type(text).__name__}")
         nodes = []
         for part in text.strip().split("+"):
             if not (part.startswith("|") and part.endswith("|")) or len(part) < 3:
-                raise ValueError(f"NB201 string: node {part!r} must look like |op~j|op~j|")
+                raise ValueError(f"NB201 string: node {quoted(part, 60)} must look like |op~j|op~j|")
             node = []
             for item in part[1:-1].split("|"):
-                op, sep, j = item.partition("~")
-                if not sep or not j.isdigit():
-                    raise ValueError(f"NB201 string: edge {item!r} must look like op~j")
-                node.append((op, int(j)))
+                match = re.fullmatch(r"([^|~+\s]+)~(0|[1-9][0-9]{0,5})", item, flags=re.ASCII)
+                if match is None:
+                    raise ValueError(f"NB201 string: edge {quoted(item, 60)} must look like op~j "
+                                     f"(an operation name and an input node number)")
+                node.append((match.group(1), int(match.group(2))))
             nodes.append(tuple(node))
         return cls(tuple(nodes))
 

@@ -5,19 +5,33 @@ import os
 
 import torch
 
+from ..errors import InputError, quoted
 from ..genotype import GENOTYPES, Genotype
 from ..nn.cells import cell_edges
 
 
+def genotype_text(text: str, option: str = "--genotype") -> str:
+    """The content of the file ``text`` names, else ``text`` itself; a directory or
+    a file that is not text is refused in one line naming ``option``."""
+    if not isinstance(text, str):
+        raise InputError(f"{option} must be a string, got {type(text).__name__}")
+    if os.path.isdir(text):
+        raise InputError(f"{option} {quoted(text)} is a directory; give a genotype file, a name or a genotype's text")
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError:
+            raise InputError(f"{option} {quoted(text)} is not a text file") from None
+    return text
+
+
 def parse_genotype(text: str) -> Genotype:
-    """A genotype from a built-in name, a file holding one, or its text."""
-    if text in GENOTYPES:
+    """A genotype from a built-in name, a file holding one, or its text (DARTS' form or JSON)."""
+    if isinstance(text, str) and text in GENOTYPES:
         return GENOTYPES[text]
-    if os.path.exists(text):
-        with open(text) as f:
-            text = f.read()
-    text = text.strip()
-    return Genotype.from_json(text) if text.startswith("{") else Genotype.parse(text)
+    content = genotype_text(text).strip()
+    return Genotype.from_json(content) if content.startswith("{") else Genotype.parse(content)
 
 
 def genotype_masks(arch, genotype: Genotype, steps: int, inputs: int = 2):
