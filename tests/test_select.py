@@ -79,7 +79,7 @@ def test_pt_keeps_two_inputs_per_node_and_resumes_to_the_same_genotype(tmp_path)
     model, train, val = tiny_setup()
     resumed = PTSelection(model, train, val, str(tmp_path / "half"), tune_epochs=1, batch_size=32, val_batches=1,
                           log=lambda *a: None)
-    assert resumed.resume() and len(resumed.trail) == 3
+    assert resumed.resume() and len(resumed.trail) == 2  # round 1 (a normal and a reduce edge) was saved
     assert resumed.run() == full
 
 
@@ -145,19 +145,20 @@ def test_pt_on_a_nb201_supernet_decides_every_edge_by_brute_force(tmp_path):
     torch.manual_seed(0)
     model = NB201Network(C=4, N=1, in_channels=1)
     _, train, val = tiny_setup()
-    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, batch_size=32, crit="loss",
-                     log=lambda *a: None)
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=0, last_tune_epochs=0, batch_size=32,
+                     crit="loss", log=lambda *a: None)
     assert pt.phases == ("operation",)  # NB201 cells keep all edges: no topology phase
     batches = pt._val_batches()
-    # Brute force in PT's own edge order: each edge fixed to the op whose removal lowers the score most.
+    # Brute force in PT's own edge order: each edge fixed to the op whose removal lowers the score most,
+    # `none` among the candidates (NAS-Bench-201 has it), ties to the larger α.
     expected = {}
-    for _, edge in pt._undecided_edges():
+    for edge in pt._order("cell", range(6)):
         scores = {}
         for k, name in enumerate(model.arch.ops):
-            if name != "none" and model.arch.mask("cell")[edge, k]:
-                with model.arch.perturbed("cell", edge, k):
-                    scores[name] = measure(model, batches, "loss")
-        expected[edge] = min(scores, key=scores.get)
+            with model.arch.perturbed("cell", edge, k):
+                scores[k] = measure(model, batches, "loss")
+        alpha = model.arch.alphas["cell"][edge].detach()
+        expected[edge] = model.arch.ops[min(scores, key=lambda k: (scores[k], -float(alpha[k]), k))]
         model.arch.fix_op("cell", edge, expected[edge])
     model.arch.mask("cell").fill_(True)
     genotype = pt.run()
@@ -165,3 +166,81 @@ def test_pt_on_a_nb201_supernet_decides_every_edge_by_brute_force(tmp_path):
     ops = [op for node in genotype.nodes for op, _ in node]
     assert ops == [expected[e] for e in range(6)]
     assert [r["chosen"] for r in pt.trail] == [expected[r["edge"]] for r in pt.trail]
+
+
+def test_pt_rounds_decide_one_edge_per_cell_type_then_tune(tmp_path, monkeypatch):
+    model, train, val = tiny_setup()
+    tuned = []
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=2, batch_size=32, val_batches=1,
+                     log=lambda *a: None)
+    monkeypatch.setattr(pt, "fine_tune", lambda epochs: tuned.append(epochs))
+    pt.run()
+    ops = [r for r in pt.trail if r["phase"] == "operation"]
+    assert [r["cell_type"] for r in ops] == ["normal", "reduce"] * 5  # 5 edges per cell, one of each per round
+    assert [r["round"] for r in ops] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    nodes = [r for r in pt.trail if r["phase"] == "topology"]
+    assert [(r["cell_type"], r["round"]) for r in nodes] == [("normal", 6), ("reduce", 6)]
+    assert tuned == [2] * 5 + [1]  # 5 epochs' worth between rounds, 1 after the last (DARTS-PT's code)
+    assert all(0 <= r["val_acc_after_tuning"] <= 1 for r in pt.trail)
+
+
+def test_pt_candidates_share_their_draws_and_ties_go_to_alpha(tmp_path, monkeypatch):
+    import pynas.select.pt as pt_module
+    from pynas.select.pt import op_by_perturbation, same_draws
+
+    torch.manual_seed(0)
+    model = SearchNetwork(C=2, layers=3, steps=2, multiplier=2, in_channels=1, space="s4")  # `noise` in every edge
+    _, train, val = tiny_setup()
+    batches = list(PTSelection(model, train, val, str(tmp_path), tune_epochs=0, batch_size=32)._val_batches())
+    chosen, scores = op_by_perturbation(model, "normal", 0, batches, "loss", seed=5)
+    for name, score in scores.items():  # each candidate's score is its measurement under the draws of seed 5
+        with model.arch.perturbed("normal", 0, name), same_draws(model, 5):
+            assert measure(model, batches, "loss") == score
+    assert op_by_perturbation(model, "normal", 0, batches, "loss", seed=5) == (chosen, scores)
+    # A tie (every removal scores alike) goes to the operation α prefers, not to the first column.
+    monkeypatch.setattr(pt_module, "measure", lambda *a, **k: 0.5)
+    with torch.no_grad():
+        model.arch.alphas["normal"][0] = torch.tensor([0.0, 1.0])
+    assert op_by_perturbation(model, "normal", 0, batches)[0] == model.arch.ops.index("sep_conv_3x3")
+    with torch.no_grad():
+        model.arch.alphas["normal"][0] = torch.tensor([1.0, 0.0])
+    assert op_by_perturbation(model, "normal", 0, batches)[0] == model.arch.ops.index("noise")
+
+
+def test_pt_candidates_include_none_except_in_the_darts_space():
+    from pynas.select.pt import candidate_ops
+
+    darts = SearchNetwork(C=2, layers=3, steps=2, multiplier=2, in_channels=1)
+    s3 = SearchNetwork(C=2, layers=3, steps=2, multiplier=2, in_channels=1, space="s3")
+    assert "none" not in [darts.arch.ops[k] for k in candidate_ops(darts.arch, "normal", 0)]
+    assert [s3.arch.ops[k] for k in candidate_ops(s3.arch, "normal", 0)] == ["none", "skip_connect", "sep_conv_3x3"]
+
+
+def test_pt_fine_tunes_the_way_the_supernet_was_searched():
+    from pynas.search import DartsFirstOrder, DartsSecondOrder, FixedAlpha, SearchConfig
+    from pynas.search.strategies import SdartsRS
+    from pynas.select.pt import tuning_strategy
+
+    assert tuning_strategy("darts-2nd") is DartsSecondOrder and tuning_strategy("fixed") is FixedAlpha
+    assert tuning_strategy("sgas") is DartsFirstOrder
+    model, _, _ = tiny_setup()
+    sdarts = tuning_strategy("sdarts-rs", epsilon_alpha=0.3)(model, SearchConfig(epochs=5), 3)
+    assert isinstance(sdarts, SdartsRS) and sdarts.current_epsilon() == 0.3  # the full ε, as DARTS-PT's code
+
+
+def test_pt_keeps_the_searchs_alpha_optimiser_and_a_constant_lr(tmp_path):
+    run = tmp_path / "run"
+    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
+                 "--out", str(run), "--quiet"]) == 0
+    from pynas.search.run import load_run
+    from pynas.select.pt import tuning_strategy
+
+    cfg, model, train, val = load_run(str(run))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["strategy"]["a_opt"]
+    pt = PTSelection(model, train, val, str(tmp_path / "pt"), tune_epochs=1, batch_size=256, val_batches=1,
+                     strategy=tuning_strategy(cfg.method), arch_state=state, log=lambda *a: None)
+    steps_before = [float(s["step"]) for s in pt.strategy.a_opt.state.values()]
+    assert steps_before and all(s == float(state["state"][0]["step"]) > 0 for s in steps_before)
+    pt.fine_tune(2)
+    assert pt.strategy.w_opt.param_groups[0]["lr"] == pytest.approx(0.0025)
+    assert all(float(s["step"]) > steps_before[0] for s in pt.strategy.a_opt.state.values())

@@ -1,22 +1,32 @@
-"""Perturbation-based architecture selection (DARTS-PT, Algorithm 2, App. A.3).
+"""Perturbation-based architecture selection (DARTS-PT, Algorithm 2, App. A.3,
+A.7), as DARTS-PT's public code runs it.
 
-Operation phase: the undecided edges of both cell types in a seeded random
-order; on each, every operation is masked in turn (weight 0, the others *not*
-renormalised) and the supernet's validation accuracy measured with BatchNorm
-on batch statistics; the edge is fixed to the operation whose removal hurts
-most, then the supernet is fine-tuned (weights lr restarted at 0.025/10 and
-annealed to 0.001; α still trained on undecided edges unless α is fixed).
-Topology phase: for each node with more than two inputs, in random order, each
-input edge is masked in turn and the two whose removal hurts most are kept.
+Operation phase, in rounds: each round decides one random undecided edge of each
+cell type in turn (normal, then reduce); on an edge, every candidate operation is
+masked in turn (weight 0, the others *not* renormalised) and the supernet's score
+measured on the whole validation set with BatchNorm on batch statistics; the edge
+keeps the operation whose removal hurts most. Topology phase, in rounds: one
+random node with more than two inputs per cell type; each input edge is masked in
+turn and the two whose removal hurts most are kept. Between rounds the supernet is
+fine-tuned for ``tune_epochs`` (5), after the last round for ``last_tune_epochs``
+(1), the way it was searched (its strategy: SDARTS-RS' noise, second order, α fixed
+or trained with the search's Adam state), the weight optimiser reset once to a
+constant lr (0.0025).
 
-``pt-mag`` (Sec. 6.2) chooses each edge's operation by α instead, with the
-same progressive fine-tuning. Every decision is checkpointed atomically with
-the decision trail, and a killed selection resumes at the next undecided edge.
+Candidates of one decision are measured under the same random draws (the `noise`
+operation's samples, Gumbel samples), so no decision is made by fresh noise; a tie
+goes to the candidate α prefers (then to the lower column). `none` is a candidate
+wherever the space has it except the DARTS space (whose supernet in DARTS-PT's code
+has no `none`). ``pt-mag`` (Sec. 6.2) chooses by α instead, with the same rounds.
+Every round is checkpointed atomically with the decision trail and the supernet's
+validation accuracy after its fine-tuning; a killed selection resumes at the next
+round. Differences from the code: docs/fidelity.md.
 """
+import contextlib
 import json
 import os
 import random
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +34,10 @@ import torch.nn.functional as F
 from ..data import loader
 from ..genotype import Genotype, derive_cell, derive_nb201
 from ..io import save, write_json
-from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig
+from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Strategy
 
 PHASES = ("operation", "topology")
+TUNE_LR = 0.025 / 10  # DARTS-PT's code: the search's lr / 10, held constant while tuning
 
 
 def measure(model, batches: Sequence, crit: str = "acc", device="cpu") -> float:
@@ -51,33 +62,90 @@ def measure(model, batches: Sequence, crit: str = "acc", device="cpu") -> float:
     return correct / max(total, 1) if crit == "acc" else -loss / max(total, 1)
 
 
-def op_by_perturbation(model, cell_type: str, edge: int, batches: Sequence, crit: str = "acc", device="cpu"):
-    """(column, scores): the non-``none`` operation of ``edge`` whose masking lowers
-    the score most, and the score without each (DARTS-PT Algorithm 2, op choice)."""
-    arch = model.arch
+@contextlib.contextmanager
+def same_draws(model, seed: int, device="cpu"):
+    """Within the block, torch's generators and the architecture's sampler start
+    from ``seed``; afterwards all are as before. Measurements compared with each
+    other run under the same draws."""
+    arch_generator = model.arch.generator
+    saved = arch_generator.get_state() if arch_generator is not None else None
+    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if arch_generator is not None:
+            arch_generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            if arch_generator is not None:
+                arch_generator.set_state(saved)
+
+
+def candidate_ops(arch, cell_type: str, edge: int) -> List[int]:
+    """The columns PT may choose on ``edge``: its available operations, ``none``
+    among them except in the DARTS space (DARTS-PT's code drops `none` there)."""
     mask = arch.mask(cell_type)[edge]
-    candidates = [k for k, name in enumerate(arch.ops) if mask[k] and name != "none"]
+    with_none = arch.space.name != "darts"
+    return [k for k, name in enumerate(arch.ops) if mask[k] and (name != "none" or with_none)]
+
+
+def op_by_perturbation(model, cell_type: str, edge: int, batches: Sequence, crit: str = "acc", device="cpu",
+                       seed: int = 0):
+    """(column, scores): the candidate operation of ``edge`` whose masking lowers
+    the score most, and the score without each (DARTS-PT Algorithm 2, op choice),
+    every candidate measured under the same draws; ties to the larger α."""
+    arch = model.arch
+    candidates = candidate_ops(arch, cell_type, edge)
     if not candidates:
         raise ValueError(f"{cell_type} edge {edge} has no operation left to choose")
     scores = {}
     for k in candidates:
-        with arch.perturbed(cell_type, edge, k):
+        with arch.perturbed(cell_type, edge, k), same_draws(model, seed, device):
             scores[arch.ops[k]] = measure(model, batches, crit, device)
-    return min(candidates, key=lambda k: scores[arch.ops[k]]), scores
+    alpha = arch.alphas[cell_type][edge].detach()
+    return min(candidates, key=lambda k: (scores[arch.ops[k]], -float(alpha[k]), k)), scores
+
+
+def tuning_strategy(method: str, epsilon_alpha: float = 0.3, seed: int = 0) -> Callable[..., Strategy]:
+    """How a supernet searched by ``method`` is fine-tuned between decisions: by its
+    own strategy (SDARTS-RS with its noise at the full ε, as DARTS-PT's code; second
+    order; α fixed), SGAS' supernet by DARTS first order (its shrinking is done)."""
+    from ..search.strategies import METHODS, SdartsRS, Sgas
+
+    cls = METHODS[method][0]
+    if cls is Sgas:
+        return DartsFirstOrder
+    if cls is SdartsRS:
+        return lambda model, config, steps: SdartsRS(model, config, steps, epsilon=epsilon_alpha,
+                                                     epsilon_start=epsilon_alpha, seed=seed)
+    return cls
 
 
 class PTSelection:
+    """DARTS-PT's selection on ``model`` (a supernet after its search).
+
+    ``strategy``: ``strategy(model, config, steps_per_epoch) -> Strategy``, how the
+    supernet is fine-tuned (default: DARTS first order, or α fixed); it is built
+    once, with ``config`` holding the constant tuning lr, and ``arch_state`` (the
+    search's α optimiser state) loaded into it."""
+
     def __init__(self, model, train_data, val_data, out: str, seed: int = 0, crit: str = "acc",
                  tune_epochs: int = 5, val_batches: Optional[int] = None, batch_size: int = 64,
                  phases: Sequence[str] = PHASES, magnitude: bool = False, fixed_alpha: bool = False,
-                 device: str = "cpu", log=print):
+                 device: str = "cpu", log=print, last_tune_epochs: int = 1, tune_lr: float = TUNE_LR,
+                 strategy: Optional[Callable[..., Strategy]] = None, arch_state: Optional[dict] = None):
         if crit not in ("acc", "loss"):
             raise ValueError(f"--crit must be acc or loss, got {crit!r}")
         unknown = [p for p in phases if p not in PHASES]
         if unknown:
             raise ValueError(f"unknown PT phases {unknown}; choose from {PHASES}")
+        if tune_epochs < 0 or last_tune_epochs < 0:
+            raise ValueError(f"--tune-epochs must be >= 0, got {tune_epochs}")
+        if val_batches is not None and val_batches < 1:
+            raise ValueError(f"--val-batches must be at least 1, got {val_batches}")
         self.model, self.train_data, self.val_data, self.out = model, train_data, val_data, out
         self.seed, self.crit, self.tune_epochs, self.val_batches = seed, crit, tune_epochs, val_batches
+        self.last_tune_epochs = last_tune_epochs
         self.batch_size, self.phases, self.magnitude, self.fixed_alpha = batch_size, tuple(phases), magnitude, fixed_alpha
         self.device, self.log = device, log
         self.arch = model.arch
@@ -88,7 +156,13 @@ class PTSelection:
                 raise ValueError("--phases topology: NAS-Bench-201 cells keep all their edges; use --phases operation")
             self.phases = ("operation",)
         self.trail: List[Dict] = []
-        self.tune_round = 0
+        self.rounds = 0
+        steps = -(-len(train_data) // batch_size)
+        config = SearchConfig(epochs=max(tune_epochs, 1), w_lr=tune_lr, w_lr_min=tune_lr)  # constant lr
+        build = strategy or (FixedAlpha if fixed_alpha else DartsFirstOrder)
+        self.strategy = build(model, config, steps)
+        if arch_state is not None and self.strategy.a_opt is not None:
+            self.strategy.a_opt.load_state_dict(arch_state)
         os.makedirs(out, exist_ok=True)
         self.checkpoint_path = os.path.join(out, "select_checkpoint.pt")
 
@@ -97,57 +171,84 @@ class PTSelection:
         batches = list(loader(self.val_data, self.batch_size, self.seed, 0, shuffle=False))
         return batches if self.val_batches is None else batches[: self.val_batches]
 
+    def _draws(self) -> int:
+        """The seed of the current decision's draws (the same for all its candidates)."""
+        return self.seed * 1_000_003 + len(self.trail)
+
     def score_without(self, cell_type: str, edge: int, op=None) -> float:
-        with self.arch.perturbed(cell_type, edge, op):
+        with self.arch.perturbed(cell_type, edge, op), same_draws(self.model, self._draws(), self.device):
             return measure(self.model, self._val_batches(), self.crit, self.device)
 
+    def val_accuracy(self) -> float:
+        """The supernet's accuracy on the whole validation set (BatchNorm in eval mode)."""
+        from ..search.run import evaluate
+
+        return evaluate(self.model, self.val_data, self.batch_size, self.device)[1]
+
     # -- fine-tuning ----------------------------------------------------------
-    def fine_tune(self):
-        if self.tune_epochs <= 0:
-            return
-        config = SearchConfig(epochs=self.tune_epochs, w_lr=0.025 / 10, w_lr_min=0.001)
-        steps = -(-len(self.train_data) // self.batch_size)
-        cls = FixedAlpha if self.fixed_alpha else DartsFirstOrder
-        strategy = cls(self.model, config, steps)
-        for epoch in range(self.tune_epochs):
-            seed = self.seed + 7919 * (self.tune_round + 1)
-            val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, epoch))
-            for train_batch in loader(self.train_data, self.batch_size, seed, epoch):
-                try:
-                    val_batch = next(val_iter)
-                except StopIteration:
-                    val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, epoch))
-                    val_batch = next(val_iter)
+    def fine_tune(self, epochs: int):
+        strategy = self.strategy
+        for epoch in range(epochs):
+            seed = self.seed + 7919 * (self.rounds + 1) + 104_729 * epoch
+            val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 0))
+            for train_batch in loader(self.train_data, self.batch_size, seed, 0):
+                val_batch = None
+                if strategy.bilevel:
+                    try:
+                        val_batch = next(val_iter)
+                    except StopIteration:
+                        val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 1))
+                        val_batch = next(val_iter)
                 strategy.step(train_batch, val_batch)
-            strategy.epoch_end()
-        self.tune_round += 1
 
     # -- decisions ------------------------------------------------------------
-    def _undecided_edges(self):
-        # The order is drawn over all edges, then filtered: a resumed selection
-        # continues in the same order as an uninterrupted one.
-        edges = [(t, e) for t in self.arch.cell_types for e in range(self.arch.num_edges)]
-        random.Random(self.seed).shuffle(edges)
-        return [(t, e) for t, e in edges if int(self.arch.mask(t)[e].sum()) > 1]
+    def _order(self, cell_type: str, items: List) -> List:
+        """A seeded random order per cell type, drawn over all items and then
+        filtered, so a resumed selection continues as an uninterrupted one."""
+        items = list(items)
+        random.Random(self.seed * 31 + self.arch.cell_types.index(cell_type)).shuffle(items)
+        return items
+
+    def _next_edge(self, cell_type: str) -> Optional[int]:
+        for e in self._order(cell_type, range(self.arch.num_edges)):
+            if int(self.arch.mask(cell_type)[e].sum()) > 1:
+                return e
+        return None
+
+    def _next_node(self, cell_type: str) -> Optional[List[int]]:
+        for rows in self._order(cell_type, self._node_rows()):
+            if sum(bool(self.arch.mask(cell_type)[e].any()) for e in rows) > 2:
+                return rows
+        return None
+
+    def _round(self) -> List[Dict]:
+        """The decisions of the next round: an edge per cell type, or (operations done) a node per cell type."""
+        made = []
+        if "operation" in self.phases:
+            for t in self.arch.cell_types:
+                e = self._next_edge(t)
+                if e is not None:
+                    made.append(self.decide_operation(t, e))
+        if not made and "topology" in self.phases:
+            for t in self.arch.cell_types:
+                rows = self._next_node(t)
+                if rows is not None:
+                    made.append(self.decide_topology(t, rows))
+        return made
 
     def decide_operation(self, cell_type: str, edge: int) -> Dict:
         scores = {}
         if self.magnitude:
-            mask = self.arch.mask(cell_type)[edge]
-            candidates = [k for k, name in enumerate(self.arch.ops) if mask[k] and name != "none"]
             alpha = self.arch.alphas[cell_type][edge].detach()
-            chosen = max(candidates, key=lambda k: float(alpha[k]))
+            chosen = max(candidate_ops(self.arch, cell_type, edge), key=lambda k: (float(alpha[k]), -k))
         else:
             chosen, scores = op_by_perturbation(self.model, cell_type, edge, self._val_batches(), self.crit,
-                                                self.device)
+                                                self.device, seed=self._draws())
         self.arch.fix_op(cell_type, edge, chosen)
-        return {"phase": "operation", "cell_type": cell_type, "edge": edge, "scores_without": scores,
-                "chosen": self.arch.ops[chosen]}
-
-    def _nodes_to_prune(self):
-        nodes = [(t, rows) for t in self.arch.cell_types for rows in self._node_rows()]
-        random.Random(self.seed + 1).shuffle(nodes)
-        return [(t, rows) for t, rows in nodes if sum(bool(self.arch.mask(t)[e].any()) for e in rows) > 2]
+        record = {"phase": "operation", "cell_type": cell_type, "edge": edge, "scores_without": scores,
+                  "chosen": self.arch.ops[chosen]}
+        self.trail.append(record)
+        return record
 
     def _node_rows(self):
         rows, start = [], 0
@@ -158,19 +259,27 @@ class PTSelection:
         return rows
 
     def decide_topology(self, cell_type: str, rows: List[int]) -> Dict:
+        """Keeps the two input edges whose removal hurts most. (DARTS-PT's code
+        removes the least harmful edge, re-measures, and repeats down to two; its
+        measurements of one node repeat the same configurations, so under the same
+        draws the outcome is this ranking.) Ties keep the edge α prefers."""
         live = [e for e in rows if bool(self.arch.mask(cell_type)[e].any())]
         scores = {e: self.score_without(cell_type, e) for e in live}
-        keep = sorted(live, key=lambda e: scores[e])[:2]
+        strength = self.arch.probabilities(cell_type).detach()
+        keep = sorted(live, key=lambda e: (scores[e], -float(strength[e].max()), e))[:2]
         for e in live:
             if e not in keep:
                 self.arch.remove_edge(cell_type, e)
-        return {"phase": "topology", "cell_type": cell_type, "edges": live,
-                "scores_without": {str(e): s for e, s in scores.items()}, "kept": sorted(keep)}
+        record = {"phase": "topology", "cell_type": cell_type, "edges": live,
+                  "scores_without": {str(e): s for e, s in scores.items()}, "kept": sorted(keep)}
+        self.trail.append(record)
+        return record
 
     # -- state ----------------------------------------------------------------
     def _save(self):
-        state = {"model": self.model.state_dict(), "trail": json.dumps(self.trail), "tune_round": self.tune_round,
-                 "torch_rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "trail": json.dumps(self.trail), "rounds": self.rounds,
+                 "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "arch_generator": self.arch.generator.get_state() if self.arch.generator is not None else None}
         save(state, self.checkpoint_path)
         write_json(os.path.join(self.out, "pt_trail.json"), self.trail)
 
@@ -180,32 +289,40 @@ class PTSelection:
         state = torch.load(self.checkpoint_path, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.trail = json.loads(state["trail"])
-        self.tune_round = state["tune_round"]
+        self.rounds = state["rounds"]
+        self.strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["torch_rng"])
+        if state["arch_generator"] is not None:
+            self.arch.generator.set_state(state["arch_generator"])
         return True
 
     def run(self) -> Genotype:
-        if "operation" in self.phases:
-            edges = self._undecided_edges()
-            for i, (t, e) in enumerate(edges):
-                record = self.decide_operation(t, e)
-                self._commit(record, f"edge {i + 1}/{len(edges)} ({t} {e}): {record['scores_without']} -> {record['chosen']}")
-        if "topology" in self.phases:
-            nodes = self._nodes_to_prune()
-            for i, (t, rows) in enumerate(nodes):
-                record = self.decide_topology(t, rows)
-                self._commit(record, f"node {i + 1}/{len(nodes)} ({t}): keep edges {record['kept']}")
+        while True:
+            made = self._round()
+            if not made:
+                break
+            self.rounds += 1
+            last = not self._work_left()
+            self.fine_tune(self.last_tune_epochs if last else self.tune_epochs)
+            accuracy = self.val_accuracy()
+            for record in made:
+                record.update(round=self.rounds, val_acc_after_tuning=accuracy)
+                if record["phase"] == "operation":
+                    self.log(f"round {self.rounds} ({record['cell_type']} edge {record['edge']}): "
+                             f"{record['scores_without']} -> {record['chosen']}")
+                else:
+                    self.log(f"round {self.rounds} ({record['cell_type']}): keep edges {record['kept']}")
+            self.log(f"  supernet validation accuracy after tuning: {accuracy:.4f}")
+            self._save()
         return self.genotype()
 
-    def _commit(self, record: Dict, message: str) -> None:
-        """Reports a decision, fine-tunes after it, then checkpoints both."""
-        self.log(message)
-        self.trail.append(record)
-        self.fine_tune()
-        self._save()
+    def _work_left(self) -> bool:
+        ops = "operation" in self.phases and any(self._next_edge(t) is not None for t in self.arch.cell_types)
+        nodes = "topology" in self.phases and any(self._next_node(t) is not None for t in self.arch.cell_types)
+        return ops or nodes
 
     def genotype(self):
-        if self.nb201:  # each edge's remaining operation (`none` if PT left only that)
+        if self.nb201:  # each edge's remaining operation (`none` if PT kept it)
             alpha = self.arch.alphas["cell"].detach().masked_fill(~self.arch.mask("cell"), float("-inf"))
             return derive_nb201(alpha, self.arch.ops)
         cells = {}
