@@ -186,11 +186,19 @@ def _select(args):
             genotype = select_by_rule(model, args.method)
         else:
             out = args.out or os.path.join(args.run, f"select-{args.method}")
+            import torch
+
+            from .select.pt import tuning_strategy
+
+            # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
+            search_state = torch.load(os.path.join(args.run, "checkpoint.pt"), weights_only=True, map_location="cpu")
             pt = PTSelection(model, train_data, val_data, out, seed=cfg.seed, crit=args.crit,
                              tune_epochs=args.tune_epochs, val_batches=args.val_batches, batch_size=cfg.batch_size,
                              phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
                              fixed_alpha=cfg.method == "fixed", device=cfg.device,
-                             log=(lambda *a: None) if args.quiet else print)
+                             log=(lambda *a: None) if args.quiet else print,
+                             strategy=tuning_strategy(cfg.method, cfg.epsilon_alpha, cfg.seed + 2),
+                             arch_state=search_state["strategy"].get("a_opt"))
             if pt.resume():
                 print(f"resuming: {len(pt.trail)} decisions already made")
             genotype = str(pt.run())
