@@ -1,13 +1,18 @@
 #include "gumbel.h"
 
-#include <ATen/WrapDimUtils.h>
+#include <algorithm>
+#include <cmath>
 
 namespace pynas {
 
 namespace {
 
-RowGeometry geometry(const at::Tensor& t, int64_t dim) {
-  dim = at::maybe_wrap_dim(dim, t.dim());
+// `dim` of `t` (a 0-d tensor counts as 1-d), wrapped; its range is named when it is out.
+RowGeometry geometry(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  const int64_t ndim = std::max<int64_t>(t.dim(), 1);
+  TORCH_CHECK_INDEX(dim >= -ndim && dim < ndim, op, ": `dim` must be in [", -ndim, ", ",
+                    ndim - 1, "] for `", name, "` of shape ", t.sizes(), ", got ", dim);
+  if (dim < 0) dim += ndim;
   RowGeometry g{1, t.dim() == 0 ? 1 : t.size(dim), 1};
   for (int64_t d = dim + 1; d < t.dim(); ++d) g.stride *= t.size(d);
   g.rows = g.size == 0 ? 0 : t.numel() / g.size;
@@ -21,6 +26,11 @@ void check_floating(const char* op, const char* name, const at::Tensor& t) {
                    op, ": `", name, "` must be float32, float64, float16 or bfloat16, got ", s);
 }
 
+void check_tau(const char* op, double tau) {
+  TORCH_CHECK_VALUE(std::isfinite(tau) && tau > 0, op,
+                    ": `tau` must be a finite positive number, got ", tau);
+}
+
 }  // namespace
 
 RowGeometry gumbel_geometry(const at::Tensor& logits, double tau, int64_t dim) {
@@ -28,8 +38,8 @@ RowGeometry gumbel_geometry(const at::Tensor& logits, double tau, int64_t dim) {
   check_floating(op, "logits", logits);
   TORCH_CHECK_VALUE(logits.numel() > 0, op, ": `logits` must not be empty, got shape ",
                     logits.sizes());
-  TORCH_CHECK_VALUE(tau > 0, op, ": `tau` must be positive, got ", tau);
-  return geometry(logits, dim);
+  check_tau(op, tau);
+  return geometry(op, "logits", logits, dim);
 }
 
 RowGeometry gumbel_backward_geometry(const at::Tensor& grad, const at::Tensor& soft,
@@ -42,8 +52,8 @@ RowGeometry gumbel_backward_geometry(const at::Tensor& grad, const at::Tensor& s
                     " but `soft` has shape ", soft.sizes());
   TORCH_CHECK_VALUE(grad.device() == soft.device(), op, ": `grad` is on ", grad.device(),
                     " but `soft` is on ", soft.device());
-  TORCH_CHECK_VALUE(tau > 0, op, ": `tau` must be positive, got ", tau);
-  return geometry(soft, dim);
+  check_tau(op, tau);
+  return geometry(op, "soft", soft, dim);
 }
 
 }  // namespace pynas

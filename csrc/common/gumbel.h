@@ -39,12 +39,13 @@ C10_HOST_DEVICE inline acc_t gumbel_noise(uint64_t seed, uint64_t element,
   return -log_of(-log_of(u));
 }
 
-// exp((v - max) / tau) for the softmax; the maximum itself maps to exactly 1
-// (also when tau underflows in acc_t), so finite inputs never give NaN.
+// exp((v - max) / tau) for the softmax; the maximum itself maps to exactly 1.
+// The scaled difference is computed in double: (v - max) may overflow acc_t and
+// tau (a double) may lie outside its range, so finite inputs never give NaN.
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t scaled_exp(acc_t v, acc_t max, acc_t tau) {
-  const acc_t diff = v - max;
-  return diff == acc_t(0) ? acc_t(1) : exp_of(diff / tau);
+C10_HOST_DEVICE inline acc_t scaled_exp(acc_t v, acc_t max, double tau) {
+  if (v == max) return acc_t(1);
+  return exp_of(static_cast<acc_t>((static_cast<double>(v) - static_cast<double>(max)) / tau));
 }
 
 // Softmax rows along `dim` of a contiguous tensor: row r holds the `size`
@@ -70,7 +71,7 @@ C10_HOST_DEVICE inline acc_t perturbed_logit(const scalar_t* logits, int64_t e, 
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void gumbel_softmax_row(const scalar_t* logits, scalar_t* soft,
                                                scalar_t* sample, const RowGeometry& geo,
-                                               int64_t row, acc_t tau, bool hard,
+                                               int64_t row, double tau, bool hard,
                                                uint64_t seed, uint64_t offset,
                                                acc_t* scratch) {
   const int64_t base = geo.base(row);
@@ -99,12 +100,14 @@ C10_HOST_DEVICE inline void gumbel_softmax_row(const scalar_t* logits, scalar_t*
 }
 
 // One row of the backward: out = soft * (grad - sum(grad * soft)) / tau, the
-// softmax Jacobian of (logits + G) / tau (straight-through when hard).
+// softmax Jacobian of (logits + G) / tau (straight-through when hard). The
+// division is in double, and a zero numerator gives 0 however small tau is: a
+// saturated softmax has zero gradient (its limit), never 0 * inf = NaN.
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void gumbel_softmax_backward_row(const scalar_t* grad,
                                                         const scalar_t* soft, scalar_t* out,
                                                         const RowGeometry& geo, int64_t row,
-                                                        acc_t inv_tau) {
+                                                        double tau) {
   const int64_t base = geo.base(row);
   acc_t dot = 0;
   for (int64_t d = 0; d < geo.size; ++d) {
@@ -113,8 +116,9 @@ C10_HOST_DEVICE inline void gumbel_softmax_backward_row(const scalar_t* grad,
   }
   for (int64_t d = 0; d < geo.size; ++d) {
     const int64_t e = base + d * geo.stride;
-    out[e] = static_cast<scalar_t>(static_cast<acc_t>(soft[e]) *
-                                   (static_cast<acc_t>(grad[e]) - dot) * inv_tau);
+    const acc_t v = static_cast<acc_t>(soft[e]) * (static_cast<acc_t>(grad[e]) - dot);
+    out[e] = v == acc_t(0) ? scalar_t(0)
+                           : static_cast<scalar_t>(static_cast<double>(v) / tau);
   }
 }
 

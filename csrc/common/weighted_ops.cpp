@@ -2,14 +2,24 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
+
 namespace pynas {
 
 namespace {
 
 // Weights as a contiguous [rows, K] tensor in the accumulation dtype of `ref`.
+// Finite float64 weights beyond float32's range saturate at its largest value
+// (infinite ones stay infinite), so 0 * 1e300 is 0 as in float64, not 0 * inf = NaN.
 at::Tensor weights_for_kernel(const at::Tensor& weights, const at::Tensor& ref,
                               int64_t rows, int64_t K) {
-  return weights.to(accumulate_type(ref.scalar_type())).contiguous().view({rows, K});
+  const at::ScalarType acc = accumulate_type(ref.scalar_type());
+  at::Tensor w = weights;
+  if (w.scalar_type() == at::kDouble && acc == at::kFloat) {
+    const double big = std::numeric_limits<float>::max();
+    w = at::where(w.isinf(), w, w.clamp(-big, big));
+  }
+  return w.to(acc).contiguous().view({rows, K});
 }
 
 }  // namespace

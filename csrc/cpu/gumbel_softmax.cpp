@@ -41,12 +41,11 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(
     const scalar_t* lp = l.const_data_ptr<scalar_t>();
     scalar_t* sp = soft.mutable_data_ptr<scalar_t>();
     scalar_t* yp = sample.mutable_data_ptr<scalar_t>();
-    const acc_t t = static_cast<acc_t>(tau);
     const int64_t grain = std::max<int64_t>(1, 4096 / geo.size);
     at::parallel_for(0, geo.rows, grain, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> scratch(geo.size);
       for (int64_t r = r0; r < r1; ++r) {
-        gumbel_softmax_row(lp, sp, yp, geo, r, t, hard, seed, /*offset=*/0, scratch.data());
+        gumbel_softmax_row(lp, sp, yp, geo, r, tau, hard, seed, /*offset=*/0, scratch.data());
       }
     });
   });
@@ -64,10 +63,9 @@ at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor&
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(geo.size, 1));
     at::parallel_for(0, geo.rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) gumbel_softmax_backward_row(gp, sp, op, geo, r, inv_tau);
+      for (int64_t r = r0; r < r1; ++r) gumbel_softmax_backward_row<scalar_t, acc_t>(gp, sp, op, geo, r, tau);
     });
   });
   return out;

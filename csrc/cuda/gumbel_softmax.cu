@@ -27,7 +27,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void gumbel_softmax_kernel(const scalar_t* __restrict__ logits,
                                       scalar_t* __restrict__ soft,
                                       scalar_t* __restrict__ sample, RowGeometry geo,
-                                      acc_t tau, bool hard, at::PhiloxCudaState philox) {
+                                      double tau, bool hard, at::PhiloxCudaState philox) {
   const auto seeds = at::cuda::philox::unpack(philox);
   const uint64_t seed = std::get<0>(seeds);
   const uint64_t offset = std::get<1>(seeds) / 4;  // 32-bit draws -> Philox blocks
@@ -42,10 +42,10 @@ template <typename scalar_t, typename acc_t>
 __global__ void gumbel_softmax_backward_kernel(const scalar_t* __restrict__ grad,
                                                const scalar_t* __restrict__ soft,
                                                scalar_t* __restrict__ out, RowGeometry geo,
-                                               acc_t inv_tau) {
+                                               double tau) {
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
        r < geo.rows; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    gumbel_softmax_backward_row(grad, soft, out, geo, r, inv_tau);
+    gumbel_softmax_backward_row<scalar_t, acc_t>(grad, soft, out, geo, r, tau);
   }
 }
 
@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cuda(
     gumbel_softmax_kernel<scalar_t, acc_t>
         <<<row_blocks(geo.rows), kRowThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             l.const_data_ptr<scalar_t>(), soft.mutable_data_ptr<scalar_t>(),
-            sample.mutable_data_ptr<scalar_t>(), geo, static_cast<acc_t>(tau), hard, philox);
+            sample.mutable_data_ptr<scalar_t>(), geo, tau, hard, philox);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {sample, soft};
@@ -93,7 +93,7 @@ at::Tensor gumbel_softmax_backward_cuda(const at::Tensor& grad, const at::Tensor
     gumbel_softmax_backward_kernel<scalar_t, acc_t>
         <<<row_blocks(geo.rows), kRowThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
-            out.mutable_data_ptr<scalar_t>(), geo, static_cast<acc_t>(1.0 / tau));
+            out.mutable_data_ptr<scalar_t>(), geo, tau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
