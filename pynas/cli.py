@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from .errors import InputError, run_command
 from .search.cost import ESTIMATORS
 from .search.cost import PRESETS as COST_PRESETS
 
@@ -303,19 +304,45 @@ def main(argv=None) -> int:
 
     bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
-    if args.command == "search":
-        return _search(args, argv)
-    if args.command == "select":
-        return _select(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "doctor":
-        return doctor_module.run(args)
-    if args.command == "analyze":
-        return analysis_cli.run(args)
-    return bench_module.run(args)
+
+    def command() -> int:
+        if args.command == "search":
+            return _search(args, argv)
+        if args.command == "select":
+            _check_select_arguments(args)
+            return _select(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "doctor":
+            return doctor_module.run(args)
+        if args.command == "analyze":
+            return analysis_cli.run(args)
+        return bench_module.run(args)
+
+    # The error boundary: expected failures in one line (exit 2), Ctrl-C 130, bugs with their traceback.
+    return run_command(f"pynas {args.command}", command, _interrupted_hint(args))
+
+
+def _interrupted_hint(args) -> str:
+    """What to run after a Ctrl-C that the command's own loop did not report."""
+    resume = getattr(args, "resume", None)
+    if args.command in ("search", "train") and resume:
+        return f"; continue with `pynas {args.command} --resume {resume}`"
+    if args.command == "select" and args.method in ("pt", "pt-mag"):
+        return ("; every decision made so far is checkpointed: run the same command again to continue "
+                "from the next one")
+    return ""
+
+
+def _check_select_arguments(args) -> None:
+    """`pynas select`'s numeric options, checked before the run is loaded."""
+    if args.tune_epochs < 0:
+        raise InputError(f"--tune-epochs must be >= 0, got {args.tune_epochs}")
+    if args.val_batches is not None and args.val_batches < 1:
+        raise InputError(f"--val-batches must be at least 1 (each decision is measured on them), "
+                         f"got {args.val_batches}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ checkpoint after every epoch from which ``--resume`` continues exactly, and
 ``--tensorboard DIR`` writes each epoch's record as TensorBoard scalars too.
 """
 import dataclasses
-import json
+import math
 import os
 import random
 import sys
@@ -29,9 +29,14 @@ import torch.nn.functional as F
 
 from .data import DATASETS, load_dataset, load_digits_dataset, load_image_dataset, loader, split
 from .genotype import Genotype, NB201Genotype
-from .io import append_jsonl, save, truncate_jsonl, write_json, write_text
+from .errors import InputError, NonFiniteError
+from .io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes, read_config,
+                 remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from .nn import EvalNetwork, NB201Network
+from .errors import quoted
+from .genotype import GENOTYPES
 from .select import parse_genotype
+from .select.evaluate import genotype_text
 from .tensorboard import TensorBoardLogger
 
 # The protocols' values; None in a TrainConfig means "the protocol's".
@@ -86,6 +91,14 @@ class TrainConfig:
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but no GPU is visible")
+        for name in ("C", "layers", "batch_size", "epochs", "cutout", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"--{_flag(name)} must be an integer, got {value!r}")
+        for name in ("lr", "lr_min", "momentum", "weight_decay", "auxiliary_weight", "drop_path", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"--{_flag(name)} must be a finite number, got {value!r}")
         for name in ("C", "layers", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -104,16 +117,15 @@ def _flag(name: str) -> str:
 
 def read_genotype(text: str) -> Union[Genotype, NB201Genotype]:
     """A DARTS-style genotype (name, file, text or JSON) or a NAS-Bench-201 string (``|op~0|+...``)."""
+    if isinstance(text, str) and text in GENOTYPES:
+        return GENOTYPES[text]
+    content = genotype_text(text)  # a directory or a binary file: InputError naming --genotype
     try:
-        content = text
-        if os.path.exists(text):
-            with open(text) as f:
-                content = f.read()
         if content.strip().startswith("|"):
             return NB201Genotype.parse(content)
-        return parse_genotype(text)
-    except (ValueError, SyntaxError, TypeError, KeyError, IndexError) as e:
-        raise ValueError(f"--genotype: {text!r} is not a known name, a genotype file or a genotype ({e})") from e
+        return parse_genotype(content)
+    except (ValueError, SyntaxError, TypeError, KeyError, IndexError, OverflowError) as e:
+        raise InputError(f"--genotype {quoted(text)} is not a known name, a genotype file or a genotype: {e}") from None
 
 
 def build_network(cfg: TrainConfig, genotype, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -197,16 +209,27 @@ def load_train_test(cfg: TrainConfig):
 class TrainRun:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, quiet: bool = False):
         if resume:
+            if not os.path.isdir(resume):
+                raise InputError(f"--resume {resume}" + (" is a file; it must name a training run's directory"
+                                                          if os.path.exists(resume) else ": no such directory"))
             path = os.path.join(resume, "config.json")
             if not os.path.exists(path):
-                raise FileNotFoundError(f"--resume: no training run at {resume} (config.json missing)")
-            with open(path) as f:
-                cfg = TrainConfig(**json.load(f))
+                raise InputError(f"--resume {resume}: no training run there (config.json missing)")
+            cfg = read_config(path, TrainConfig, "--resume")
             cfg.out = resume
+        elif cfg.out is not None:
+            if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+                raise InputError(f"--out {cfg.out} is a file; it must name a directory for the run")
+            if any(os.path.exists(os.path.join(cfg.out, n)) for n in ("config.json", "checkpoint.pt")):
+                raise InputError(f"--out {cfg.out} already holds a run: continue it with --resume {cfg.out}, "
+                                 f"or choose a new --out directory")
         self.genotype = read_genotype(cfg.genotype)
         cfg.genotype = str(self.genotype)  # the run keeps the genotype itself, not a name or a path
         cfg = cfg.resolved(isinstance(self.genotype, NB201Genotype))
-        cfg.validate()
+        try:
+            cfg.validate()
+        except (ValueError, TypeError) as e:
+            raise InputError(f"--resume {resume}: config.json: {e}" if resume else str(e)) from None
         self.cfg, self.quiet = cfg, quiet
         # Opened first: a missing tensorboard package stops the run before any work.
         self.tensorboard = TensorBoardLogger(cfg.tensorboard) if cfg.tensorboard else None
@@ -223,6 +246,7 @@ class TrainRun:
         self.out = cfg.out or os.path.join("runs", f"train-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
         os.makedirs(self.out, exist_ok=True)
+        remove_stale_temporaries(self.out)  # of atomic writes a kill interrupted
         self.params = count_parameters(self.model)
         self.multiply_adds = count_multiply_adds(self.model, self.info.in_channels, self.info.image_size)
         if resume:
@@ -238,20 +262,31 @@ class TrainRun:
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
         if self.cfg.device == "cuda":
             state["rng"]["cuda"] = torch.cuda.get_rng_state()
-        save(state, self.checkpoint_path)
+        save_checkpoint(self.checkpoint_path, self._header(), state)
+
+    def _header(self):
+        space = "nb201" if isinstance(self.genotype, NB201Genotype) else "darts"
+        return checkpoint_header("train", space, "train", parameter_shapes(self.model),
+                                 genotype=str(self.genotype), dataset=self.cfg.dataset)
 
     def _load(self):
         if not os.path.exists(self.checkpoint_path):  # killed before its first epoch ended
             return
-        state = torch.load(self.checkpoint_path, weights_only=True, map_location=self.cfg.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        self.epoch = state["epoch"]
+        path, header = self.checkpoint_path, self._header()
+        state = load_checkpoint(path, "train", {k: header[k] for k in ("space", "method", "genotype", "dataset")},
+                                header["shapes"], map_location=self.cfg.device)
+        load_state(path, self.model, state.get("model"))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+            if "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"])
+            self.epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise InputError(f"{path}: its optimiser or random state does not fit this run "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         truncate_jsonl(os.path.join(self.out, "metrics.jsonl"), self.epoch)
 
     # -- the loop -------------------------------------------------------------
@@ -317,6 +352,10 @@ class TrainRun:
         append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
+        if not math.isfinite(record["train_loss"]):
+            raise NonFiniteError(f"epoch {self.epoch}: training loss {record['train_loss']}: the run stops without "
+                                 f"saving this epoch (the checkpoint in {self.out} keeps epoch {self.epoch - 1}); "
+                                 f"lower --lr, or set --grad-clip")
         self._save()
         self._log(f"\repoch {self.epoch}/{cfg.epochs} lr {lr:.5f} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | test loss {test_loss:.3f} acc {test_acc:.4f} "

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from ..analysis.grad_correlation import gradient_correlation
 from ..data import load_dataset, load_image_dataset, loader, split
 from ..genotype import Genotype, NB201Genotype, derive_genotype, derive_nb201
-from ..io import append_jsonl, save, truncate_jsonl, write_json, write_text
+from ..errors import InputError, NonFiniteError
+from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes, read_config,
+                  remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from ..tensorboard import TensorBoardLogger
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
@@ -186,6 +188,11 @@ class RunConfig:
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.space != "nb201" and self.layers < 3:
+            # Cells layers//3 and 2·layers//3 reduce: below 3 cells there is no normal cell to search.
+            raise ValueError(f"--layers must be at least 3 for --space {self.space} (cells {self.layers // 3} and "
+                             f"{2 * self.layers // 3} are reduction cells, so with {self.layers} there is no "
+                             f"normal cell whose α could be searched), got {self.layers}")
 
 
 def build_model(cfg: RunConfig, info):
@@ -215,7 +222,7 @@ def s1_space(run_dir: str):
     path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--s1-from: no checkpoint at {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")["model"]
+    state = load_checkpoint(path, "search", {})["model"]
     alphas = {t: state[f"arch.alphas.{t}"] for t in ("normal", "reduce") if f"arch.alphas.{t}" in state}
     if set(alphas) != {"normal", "reduce"} or alphas["normal"].size(-1) != len(DARTS.ops):
         raise ValueError(f"--s1-from: {run_dir} is not a search over the DARTS space")
@@ -313,9 +320,9 @@ def _distributed():
 class SearchRun:
     def __init__(self, cfg: RunConfig, resume: Optional[str] = None, quiet: bool = False):
         if resume:
-            with open(os.path.join(resume, "config.json")) as f:
-                cfg = RunConfig(**json.load(f))
-            cfg.out = resume
+            cfg = _resumed_config(resume)
+        else:
+            _check_new_out(cfg.out)
         cfg.validate()
         cfg = cfg.resolved()
         self.cfg, self.quiet = cfg, quiet
@@ -359,6 +366,7 @@ class SearchRun:
         self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
+            remove_stale_temporaries(self.out)  # of atomic writes a kill interrupted
         if resume:
             self._load()
         elif self.rank == 0:
@@ -376,20 +384,50 @@ class SearchRun:
         return chosen
 
     # -- checkpoints ----------------------------------------------------------
+    def _check_finite(self):
+        """Stops the run at a NaN or infinite loss or α, before it is checkpointed or derives a genotype."""
+        record = self.last_record or {}
+        bad = {k: record[k] for k in ("train_loss", "val_loss")
+               if isinstance(record.get(k), float) and not math.isfinite(record[k])}
+        if not bad and not all(bool(torch.isfinite(a).all()) for a in self.model.arch_parameters()):
+            bad = {"α": "non-finite"}
+        if bad:
+            what = ", ".join(f"{k} {v}" for k, v in bad.items())
+            raise NonFiniteError(f"epoch {self.epoch}: {what}: the run stops without saving this epoch or writing "
+                                 f"a genotype (the checkpoint in {self.out} keeps epoch {self.epoch - 1}); "
+                                 f"lower --w-lr / --a-lr, or set --grad-clip")
+
+    def _header(self):
+        return checkpoint_header("search", self.cfg.space, self.cfg.method, parameter_shapes(self.model))
+
     def _save(self):
+        self._check_finite()  # on every rank: all of them stop
         if self.rank != 0:  # every rank holds the same weights' gradients and α; rank 0 writes
             return
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": _rng_state(self.model)}
-        save(state, self.checkpoint_path)
+        save_checkpoint(self.checkpoint_path, self._header(), state)
 
     def _load(self):
-        # Checkpoints hold tensors, numbers and containers only: no pickled code.
-        state = torch.load(self.checkpoint_path, weights_only=True, map_location=self.cfg.device)
-        self.model.load_state_dict(state["model"])
-        self.strategy.load_state_dict(state["strategy"])
-        _set_rng_state(self.model, state["rng"])
-        self.epoch = state["epoch"]
+        if not os.path.exists(self.checkpoint_path):
+            # Killed before its first checkpoint was written: start again from the beginning, which
+            # is the same run (everything is seeded from the configuration).
+            self._log(f"{self.checkpoint_path} does not exist (no epoch finished): starting the run again")
+            if self.rank == 0:
+                truncate_jsonl(os.path.join(self.out, "metrics.jsonl"), 0)
+            return
+        # Checkpoints hold tensors, numbers and containers only: no pickled code. The header is checked first.
+        path = self.checkpoint_path
+        state = load_checkpoint(path, "search", {"space": self.cfg.space, "method": self.cfg.method},
+                                parameter_shapes(self.model), map_location=self.cfg.device)
+        load_state(path, self.model, state.get("model"))
+        try:
+            self.strategy.load_state_dict(state["strategy"])
+            _set_rng_state(self.model, state["rng"])
+            self.epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise InputError(f"{path}: its optimiser or random state does not fit this run "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if self.rank == 0:  # metrics of epochs after the checkpoint (a run killed in between) are dropped
             truncate_jsonl(os.path.join(self.out, "metrics.jsonl"), self.epoch)
 
@@ -538,18 +576,50 @@ class SearchRun:
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
 
 
-def load_run(run_dir: str):
-    """(config, supernet with the checkpoint's weights and α, train data, validation data)."""
+def _run_config(run_dir: str, option: str) -> RunConfig:
+    """The validated configuration of the search run in ``run_dir``; ``option`` names where it came from."""
+    if not os.path.exists(run_dir):
+        raise InputError(f"{option} {run_dir}: no such directory")
+    if not os.path.isdir(run_dir):
+        raise InputError(f"{option} {run_dir} is a file; it must name a search run's directory")
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no search run at {run_dir} (config.json missing)")
-    with open(path) as f:
-        cfg = RunConfig(**json.load(f)).resolved()
+        raise InputError(f"{option} {run_dir}: no search run there (config.json missing)")
+    cfg = read_config(path, RunConfig, option)
+    try:
+        cfg.validate()
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{option}: {path}: {e}") from None
+    return cfg
+
+
+def _resumed_config(run_dir: str) -> RunConfig:
+    cfg = _run_config(run_dir, "--resume")
+    cfg.out = run_dir
+    return cfg
+
+
+def _check_new_out(out: Optional[str]) -> None:
+    """A new run never writes over another: ``--out`` must be new, or an empty directory."""
+    if out is None:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} is a file; it must name a directory for the run")
+    if any(os.path.exists(os.path.join(out, name)) for name in ("config.json", "checkpoint.pt", "metrics.jsonl")):
+        raise InputError(f"--out {out} already holds a run: continue it with --resume {out}, "
+                         f"or choose a new --out directory")
+
+
+def load_run(run_dir: str):
+    """(config, supernet with the checkpoint's weights and α, train data, validation data)."""
+    cfg = _run_config(run_dir, "--run").resolved()
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(checkpoint):
+        raise InputError(f"--run {run_dir}: no checkpoint.pt (the search never finished an epoch)")
     train_data, val_data, info = search_data(dataclasses.replace(cfg, cutout=0, download=False))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, info).to(cfg.device)
-    checkpoint = os.path.join(run_dir, "checkpoint.pt")
-    if not os.path.exists(checkpoint):
-        raise FileNotFoundError(f"no checkpoint in {run_dir}")
-    model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location=cfg.device)["model"])
+    state = load_checkpoint(checkpoint, "search", {"space": cfg.space, "method": cfg.method},
+                            parameter_shapes(model), map_location=cfg.device)
+    load_state(checkpoint, model, state.get("model"))
     return cfg, model, train_data, val_data

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 
 from ..data import loader
 from ..genotype import Genotype, derive_cell, derive_nb201
-from ..io import save, write_json
+from ..errors import InputError
+from ..io import (checkpoint_header, load_checkpoint, load_state, parameter_shapes, remove_stale_temporaries,
+                  save_checkpoint, write_json)
 from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Strategy
 
 PHASES = ("operation", "topology")
@@ -163,7 +165,10 @@ class PTSelection:
         self.strategy = build(model, config, steps)
         if arch_state is not None and self.strategy.a_opt is not None:
             self.strategy.a_opt.load_state_dict(arch_state)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InputError(f"--out {out} is a file; it must name a directory")
         os.makedirs(out, exist_ok=True)
+        remove_stale_temporaries(out)  # of atomic writes a kill interrupted
         self.checkpoint_path = os.path.join(out, "select_checkpoint.pt")
 
     # -- measurement ----------------------------------------------------------
@@ -280,20 +285,34 @@ class PTSelection:
         state = {"model": self.model.state_dict(), "trail": json.dumps(self.trail), "rounds": self.rounds,
                  "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
                  "arch_generator": self.arch.generator.get_state() if self.arch.generator is not None else None}
-        save(state, self.checkpoint_path)
+        save_checkpoint(self.checkpoint_path, self._header(), state)
         write_json(os.path.join(self.out, "pt_trail.json"), self.trail)
+
+    def _header(self):
+        """What the checkpoint is for: PT (or pt-mag) on this supernet, by this criterion and phases."""
+        return checkpoint_header("pt", type(self.model).__name__, "pt-mag" if self.magnitude else "pt",
+                                 parameter_shapes(self.model), crit=self.crit, phases=list(self.phases))
 
     def resume(self) -> bool:
         if not os.path.exists(self.checkpoint_path):
             return False
-        state = torch.load(self.checkpoint_path, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.trail = json.loads(state["trail"])
-        self.rounds = state["rounds"]
-        self.strategy.load_state_dict(state["strategy"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["arch_generator"] is not None:
-            self.arch.generator.set_state(state["arch_generator"])
+        path, header = self.checkpoint_path, self._header()
+        state = load_checkpoint(path, "pt", {k: header[k] for k in ("space", "method", "crit", "phases")},
+                                header["shapes"])
+        load_state(path, self.model, state.get("model"))
+        try:
+            trail = json.loads(state["trail"])
+            if not isinstance(trail, list):
+                raise TypeError("the decision trail is not a list")
+            rounds = int(state["rounds"])
+            self.strategy.load_state_dict(state["strategy"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["arch_generator"] is not None:
+                self.arch.generator.set_state(state["arch_generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise InputError(f"{path}: its decision trail, optimiser or random state is damaged "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        self.trail, self.rounds = trail, rounds
         return True
 
     def run(self) -> Genotype:
