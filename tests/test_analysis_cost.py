@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from pynas.analysis.edge_cost import (CostRecorder, RunningStats, collect_edge_costs, forward_with_weights,
                                       monte_carlo_cost, register_commands, uniform_sample)
 from pynas.data import load_digits_dataset
-from pynas.io import save, write_json
+from pynas.io import checkpoint_header, parameter_shapes, save_checkpoint, write_json
 from pynas.nn import SearchNetwork
 from pynas.search.run import RunConfig, build_model
 
@@ -375,7 +375,8 @@ def test_cli_reads_a_run_checkpoint(tmp_path, capsys):
     with torch.no_grad():
         model.classifier.weight.mul_(50.0)  # a checkpoint unlike the initialisation
     write_json(run / "config.json", dataclasses.asdict(cfg))
-    save({"model": model.state_dict()}, run / "checkpoint.pt")
+    header = checkpoint_header("search", cfg.space, cfg.method, parameter_shapes(model))
+    save_checkpoint(run / "checkpoint.pt", header, {"model": model.state_dict()})
     assert run_cli(["cost", "--run", str(run), *TINY[4:], "--out", str(tmp_path / "trained")]) == 0
     assert run_cli(["cost", "--run", str(run), "--init", *TINY[4:], "--out", str(tmp_path / "init")]) == 0
     trained = json.loads((tmp_path / "trained" / "cost.json").read_text())
