@@ -196,7 +196,7 @@ def _select(args):
             pt = PTSelection(model, train_data, val_data, out, seed=cfg.seed, crit=args.crit,
                              tune_epochs=args.tune_epochs, val_batches=args.val_batches, batch_size=cfg.batch_size,
                              phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
-                             fixed_alpha=cfg.method == "fixed", device=cfg.device,
+                             fixed_alpha=cfg.method in ("fixed", "uniform"), device=cfg.device,
                              log=(lambda *a: None) if args.quiet else print,
                              strategy=tuning_strategy(cfg.method, cfg.epsilon_alpha, cfg.seed + 2),
                              arch_state=search_state["strategy"].get("a_opt"))

@@ -194,6 +194,38 @@ def test_thm2_cost_at_the_logits_is_loss_minus_entropy_per_sample():
     assert cost[0] < 0 < cost[1]
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_thm2_total_cost_of_the_last_cells_output_edges(bias):
+    # Thm. 2 holds where the logits are linear in the last cell's output X (no classifier bias):
+    # Σ ∂L/∂X ⊙ X = L − H. With a bias b the two differ by exactly b·∂L/∂b.
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, num_classes=5, layers=3, steps=3, multiplier=3, in_channels=1,
+                          classifier_bias=bias, generator=torch.Generator().manual_seed(0)).double()
+    if bias:
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.randn(5, dtype=torch.float64))
+    outputs = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        outputs.append(out)
+
+    model.cells[-1].register_forward_hook(keep)
+    x, y = batch()
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    loss.backward()
+    X = outputs[0]
+    cost = float((X.grad * X.detach()).sum())  # the output edges: the concatenated nodes, as they are
+    p = torch.softmax(logits.detach(), -1)
+    entropy = float(-(p * p.log()).sum())
+    expected = float(loss) - entropy
+    if bias:
+        expected -= float((model.classifier.bias.detach() * model.classifier.bias.grad).sum())
+        assert abs(float((model.classifier.bias * model.classifier.bias.grad).sum())) > 1e-3
+    assert cost == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
 def test_collected_logit_cost_is_loss_minus_entropy():
     model = tiny_network()
     costs = collect_edge_costs(model, *batch())
@@ -306,11 +338,21 @@ def test_monte_carlo_statistics_of_the_stored_samples():
     assert float(result.logit_cost.mean) == pytest.approx(float(result.loss.mean - result.entropy.mean), rel=1e-9)
 
 
+@pytest.mark.parametrize("per", ["type", "cell"])
+def test_monte_carlo_shares_one_sample_per_cell_type_or_draws_per_cell(per):
+    model = tiny_network(steps=2)  # cells: normal, reduce, reduce
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (32,), generator=g))
+    chosen = torch.stack(monte_carlo_cost(model, data, samples=20, batch_size=8, seed=0, per=per).chosen)
+    same = bool((chosen[:, 1] == chosen[:, 2]).all())
+    assert same == (per == "type")
+
+
 def test_sampled_costs_equal_the_costs_of_the_same_subnetwork():
     model = tiny_network(steps=2)
     x, y = batch(5, B=16)
     data = TensorDataset(x, y)
-    result = monte_carlo_cost(model, data, samples=1, batch_size=16, seed=7)
+    result = monte_carlo_cost(model, data, samples=1, batch_size=16, seed=7, per="cell")
     # Redraw the one subnetwork: seed 7, one uniform sample per cell, in cell order.
     g = torch.Generator().manual_seed(7)
     drawn = [uniform_sample(model.arch.mask("reduce" if c.reduction else "normal"), g, torch.float64)
@@ -361,7 +403,7 @@ def test_cli_writes_costs_heat_maps_and_a_comparison(tmp_path, capsys):
     for k in range(3):
         assert (other / f"cost_compare_cell{k}.png").read_bytes().startswith(PNG)
     # a different network cannot be compared
-    assert run_cli(["cost", "--init", "--space", "minimal", "--C", "2", "--layers", "1", "--samples", "1",
+    assert run_cli(["cost", "--init", "--space", "minimal", "--C", "2", "--layers", "4", "--samples", "1",
                     "--out", str(tmp_path / "x"), "--compare", str(init / "cost.json")]) == 2
     assert "differ" in capsys.readouterr().err
 

@@ -215,19 +215,19 @@ def test_gradient_variance_matches_a_hand_derived_reference():
     batches = [(torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g))
                for _ in range(5)]
     W, b = net.weight.detach().numpy(), net.bias.detach().numpy()
-    grads = []
+    grads = []  # one per training instance (Sec. 4.2.2: Var over instances i of ∇f_i)
     for x, y in batches:
-        x, y = x.numpy(), y.numpy()
-        z = x @ W.T + b
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        r = (p - np.eye(3)[y]) / len(y)  # d(mean cross-entropy)/d logits
-        grads.append(np.concatenate([(r.T @ x).ravel(), r.sum(0)]))
+        for xi, yi in zip(x.numpy(), y.numpy()):
+            z = W @ xi + b
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            r = p - np.eye(3)[yi]  # d(cross-entropy of instance i)/d logits
+            grads.append(np.concatenate([np.outer(r, xi).ravel(), r]))
     expected = np.var(np.stack(grads), axis=0, ddof=1).sum()
     assert gradient_variance(net, batches) == pytest.approx(expected, rel=1e-10)
     assert net.weight.grad is None
-    with pytest.raises(ValueError, match="at least 2 batches"):
-        gradient_variance(net, batches[:1])
+    with pytest.raises(ValueError, match="at least 2 instances"):
+        gradient_variance(net, [(batches[0][0][:1], batches[0][1][:1])])
 
 
 def test_gradient_variance_surface_centre_and_restoration():
@@ -320,3 +320,18 @@ def test_checkpoint_of_another_network_is_refused(tmp_path, capsys):
         argv = ["landscape", "--genotype", "DARTS_V2", "--checkpoint", str(tmp_path / name), "--out", str(tmp_path)]
         assert _run(argv) == 2
         assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_landscape_runs_on_any_search_dataset_without_augmentation(tmp_path):
+    from test_data import write_cifar10
+
+    from pynas.analysis.landscape import _probe_data
+
+    write_cifar10(str(tmp_path / "data"), n=6)
+    data, info = _probe_data("cifar10", str(tmp_path / "data"))
+    assert info.in_channels == 3 and torch.equal(data[0][0], data[0][0])  # the same image every time
+    argv = ["landscape", "--genotype", "DARTS_V2", "--dataset", "cifar10", "--data", str(tmp_path / "data"),
+            "--C", "4", "--layers", "3", "--steps", "3", "--batches", "2", "--batch-size", "8",
+            "--out", str(tmp_path / "out")]
+    assert _run(argv) == 0
+    assert json.loads((tmp_path / "out" / "landscape.json").read_text())["centre"]["gradient_variance"] > 0

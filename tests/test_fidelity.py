@@ -317,3 +317,26 @@ def test_config_file_with_an_unknown_key_is_named(tmp_path, capsys):
     assert main(["search", "--config", str(path), "--out", str(tmp_path / "x")]) == 2
     assert "learning_rate" in capsys.readouterr().err
 
+
+
+def test_uniform_method_trains_weights_under_uniform_single_op_samples():
+    # The wiring paper's Fig. 4b: θ trained with α fixed, one operation per edge drawn uniformly, `none` included.
+    from collections import Counter
+
+    from pynas.search.strategies import METHODS
+
+    cls, relaxation, kwargs = METHODS["uniform"]
+    torch.manual_seed(0)
+    model = SearchNetwork(C=2, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation=relaxation,
+                          generator=torch.Generator().manual_seed(0), **kwargs)
+    strategy = cls(model, SearchConfig(epochs=1), 1)
+    counts = Counter()
+    for _ in range(400):
+        w = model.arch.weights("normal")
+        assert all(len(active) == 1 for active in w.active)
+        counts.update(model.arch.ops[row[0]] for row in w.active)
+    assert set(counts) == set(model.arch.ops) and max(counts.values()) < 1.3 * min(counts.values())
+    w0 = [p.detach().clone() for p in model.weight_parameters()]
+    strategy.step((torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))), None)
+    assert all(float(a.abs().max()) == 0 for a in model.arch_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(model.weight_parameters(), w0))

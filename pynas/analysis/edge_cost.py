@@ -227,14 +227,22 @@ def batch_statistics(model: torch.nn.Module):
         model.train(was_training)
 
 
-def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int = 64, seed: int = 0) -> MonteCarloCost:
+SAMPLE_PER = ("type", "cell")
+
+
+def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int = 64, seed: int = 0,
+                     per: str = "type") -> MonteCarloCost:
     """Sec. 5.1's Monte Carlo estimate of the cost of every operation on every
     edge of every cell: for ``samples`` batches of ``data`` (cycled, reshuffled
-    per pass over it), a subnetwork is sampled uniformly, independently per
-    cell (one op per edge among those the cell's mask allows, `none` included),
-    and the cost of each sampled op is stored; θ and α are never updated."""
+    per pass over it), a subnetwork is sampled uniformly (one op per edge among
+    those the mask allows, `none` included) and the cost of each sampled op is
+    stored; θ and α are never updated. ``per="type"``: one sample per cell type,
+    shared by all cells of that type, as the wiring paper's analysis code does
+    (α is shared the same way); ``per="cell"``: each cell draws its own."""
     if samples < 1:
         raise ValueError(f"monte_carlo_cost: `samples` must be at least 1, got {samples}")
+    if per not in SAMPLE_PER:
+        raise ValueError(f"monte_carlo_cost: `per` must be one of {SAMPLE_PER}, got {per!r}")
     device, dtype = _device(model), next(model.parameters()).dtype
     types = ["reduce" if cell.reduction else "normal" for cell in model.cells]
     masks = [model.arch.mask(t).cpu() for t in types]
@@ -245,7 +253,14 @@ def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int =
                             *(RunningStats((), device) for _ in range(3)))
     with batch_statistics(model):
         for x, y in _batches(data, batch_size, seed, samples):
-            drawn = [uniform_sample(m, generator, dtype, device) for m in masks]
+            if per == "type":  # drawn in the order the cells first use each type
+                by_type = {}
+                for t, m in zip(types, masks):
+                    if t not in by_type:
+                        by_type[t] = uniform_sample(m, generator, dtype, device)
+                drawn = [by_type[t] for t in types]
+            else:
+                drawn = [uniform_sample(m, generator, dtype, device) for m in masks]
             chosen = torch.stack([c for _, c in drawn]).to(device)
             costs = collect_edge_costs(model, x.to(device=device, dtype=dtype), y, [w for w, _ in drawn])
             picked = costs.cells.gather(-1, chosen.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # none: 0, never run
@@ -473,7 +488,8 @@ def cost_command(args) -> int:
             raise _Unusable("--samples and --batch-size must be at least 1")
         other = _read_cost_json(args.compare) if args.compare else None
         model, data, source = _source(args)
-        payload = monte_carlo_cost(model, data, args.samples, args.batch_size, args.seed).to_json()
+        payload = monte_carlo_cost(model, data, args.samples, args.batch_size, args.seed, args.sample_per).to_json()
+        payload["sample_per"] = args.sample_per
         payload["source"] = dict(source, split=args.split, batch_size=args.batch_size, sampling_seed=args.seed)
         if other is not None:
             try:
@@ -521,6 +537,8 @@ def register_commands(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--split", choices=("train", "val"), default="train",
                    help="the data the cost is taken on (val: the held-out search set of bi-level methods)")
+    p.add_argument("--sample-per", choices=SAMPLE_PER, default="type",
+                   help="one uniform sample per cell type, shared by its cells (the analysis code), or per cell")
     p.add_argument("--seed", type=int, default=0, help="sampling and data order (and, with --init alone, weights)")
     p.add_argument("--compare", metavar="OTHER.json", help="another cost.json: adds side-by-side and difference maps")
     p.add_argument("--out", required=True, metavar="DIR")

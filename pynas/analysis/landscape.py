@@ -5,7 +5,8 @@ Around the weights w*, two random directions w1, w2 span a plane; on a grid of
 step sizes (α, β) the probes evaluate
 
 - the loss contour ``s(α, β) = E_i f_i(w* + α w1 + β w2)`` (Sec. 4.2.1), and
-- the gradient variance ``g(α, β) = Var(∇f_i(w* + α w1 + β w2))`` (Sec. 4.2.2).
+- the gradient variance ``g(α, β) = Var(∇f_i(w* + α w1 + β w2))`` (Sec. 4.2.2),
+  over training instances i (per-instance gradients).
 
 Directions are filter-normalised as in Li et al. (2018), whom the paper follows.
 Every probe evaluates the model in eval mode (BatchNorm running statistics, no
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import DATASETS
 from ..io import write_json
 from .draw import pyplot, save_figure
 
@@ -129,30 +131,42 @@ def mean_loss(model: nn.Module, batches: Iterable[Batch]) -> float:
 
 
 def gradient_variance(model: nn.Module, batches: Sequence[Batch]) -> float:
-    """Variance of the stochastic gradient over mini-batches (Sec. 4.2.2).
+    """Variance of the gradient over instances (Sec. 4.2.2): Var_i(∇f_i(w)) with
+    f_i the loss of training instance i.
 
     The paper's Var(∇f_i(w)) (after Ghadimi & Lan 2013) of a vector gradient is
     E‖∇f_i(w) − ∇f(w)‖²: the sum over all parameter elements of each element's
-    variance. Here f_i is the mean cross-entropy of mini-batch i, so this is the
-    noise SGD sees at that batch size; the variance is the unbiased sample
-    variance over ``batches`` (at least two; give them equal sizes). The model is
-    used as it is (call ``eval()`` for BatchNorm's running statistics, as the
+    variance over the instances of ``batches`` (unbiased, float64). Per-instance
+    gradients come from ``torch.func`` (vmap of grad over the batch); the model is
+    used as it is (call ``eval()`` so that BatchNorm uses its running statistics
+    and each instance's loss is a function of that instance alone, as the
     landscape probes do); its ``.grad`` fields are left untouched.
     """
-    if len(batches) < 2:
-        raise ValueError(f"gradient variance needs at least 2 batches, got {len(batches)}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    # Welford's running mean and sum of squared deviations, in float64.
-    mean = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    m2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    for k, (x, y) in enumerate(batches, start=1):
-        loss = F.cross_entropy(_logits(model(x.to(device))), y.to(device))
-        for g, mu, s in zip(torch.autograd.grad(loss, params), mean, m2):
-            delta = g.double() - mu
-            mu.add_(delta / k)
-            s.add_(delta * (g.double() - mu))
-    return sum(float(s.sum()) for s in m2) / (len(batches) - 1)
+    from torch.func import functional_call, grad, vmap
+
+    if sum(len(y) for _, y in batches) < 2:
+        raise ValueError("gradient variance needs at least 2 instances")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: b for n, b in model.named_buffers()}
+    device = next(iter(params.values())).device
+
+    def instance_loss(p, x, y):
+        logits = _logits(functional_call(model, {**p, **buffers}, (x.unsqueeze(0),)))
+        return F.cross_entropy(logits, y.unsqueeze(0))
+
+    per_instance = vmap(grad(instance_loss), in_dims=(None, 0, 0))
+    total = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    squares = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    count = 0
+    for x, y in batches:
+        grads = per_instance(params, x.to(device), y.to(device))
+        for n in names:
+            g = grads[n].double()
+            total[n] += g.sum(0)
+            squares[n] += (g * g).sum(0)
+        count += len(y)
+    return sum(float((squares[n] - total[n] ** 2 / count).sum()) for n in names) / (count - 1)
 
 
 def loss_contour(model: nn.Module, batches: Sequence[Batch], steps: int = 11, span: float = 1.0,
@@ -166,8 +180,6 @@ def gradient_variance_surface(model: nn.Module, batches: Sequence[Batch], steps:
                               seed: int = 0) -> Surface:
     """Gradient variance g(α, β) (Sec. 4.2.2, Figures 7 and 8) on the same grid and
     directions as :func:`loss_contour` with the same ``seed``."""
-    if len(batches) < 2:
-        raise ValueError(f"gradient variance needs at least 2 batches, got {len(batches)}")
     return _sweep(model, steps, span, seed, lambda m: gradient_variance(m, batches))
 
 
@@ -234,8 +246,19 @@ def _first_batches(data, n: int, batch_size: int, seed: int) -> List[Batch]:
     return batches
 
 
+def _probe_data(name: str, root):
+    """The training images of any dataset the search supports, without augmentation
+    (every grid point sees the same images)."""
+    from ..data import load_dataset
+
+    data, info = load_dataset(name, root)
+    if hasattr(data, "train"):
+        data.train = False  # ImageDataset: no random crop, flip or cutout
+    return data, info
+
+
 def _check_arguments(args, num_images: int) -> None:
-    for name, value, least in (("--steps", args.steps, 1), ("--batches", args.batches, 2),
+    for name, value, least in (("--steps", args.steps, 1), ("--batches", args.batches, 1),
                                ("--batch-size", args.batch_size, 1), ("--C", args.C, 1), ("--layers", args.layers, 1)):
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
@@ -245,16 +268,17 @@ def _check_arguments(args, num_images: int) -> None:
         raise ValueError(f"--span must be a positive number, got {args.span}")
     if args.batches * args.batch_size > num_images:
         raise ValueError(f"--batches x --batch-size ({args.batches} x {args.batch_size}) exceeds the "
-                         f"{num_images} digits images")
+                         f"{num_images} images of --dataset {args.dataset}")
+    if args.batches * args.batch_size < 2:
+        raise ValueError("the gradient variance needs at least 2 images (--batches x --batch-size)")
 
 
 def _landscape_command(args) -> int:
-    from ..data import load_dataset
     from ..nn.child import EvalNetwork
     from .topology import load_genotype
 
     try:
-        data, info = load_dataset("digits")
+        data, info = _probe_data(args.dataset, args.data)
         _check_arguments(args, len(data))
         genotype = load_genotype(args.genotype)
         torch.manual_seed(args.seed)
@@ -267,7 +291,7 @@ def _landscape_command(args) -> int:
         return 2
     weights = f"weights from {args.checkpoint}" if args.checkpoint else \
         f"network at initialisation (seed {args.seed}; no --checkpoint given)"
-    print(f"landscape of {weights}, C={args.C}, {args.layers} cells, {args.batches} digits batches of "
+    print(f"landscape of {weights}, C={args.C}, {args.layers} cells, {args.batches} {args.dataset} batches of "
           f"{args.batch_size}, {args.steps}x{args.steps} grid over [-{args.span:g}, {args.span:g}]")
     batches = _first_batches(data, args.batches, args.batch_size, args.seed)
     contour = loss_contour(model, batches, args.steps, args.span, args.seed)
@@ -299,7 +323,9 @@ def register_commands(subparsers) -> None:
     p.add_argument("--layers", type=int, default=5, help="number of cells")
     p.add_argument("--steps", type=int, default=11, help="grid points per axis (odd)")
     p.add_argument("--span", type=float, default=1.0, help="step sizes run over [-span, span]")
-    p.add_argument("--batches", type=int, default=4, help="digits mini-batches the probes average over (>= 2)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
+    p.add_argument("--batches", type=int, default=4, help="mini-batches the probes average over")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="directions, batch order and initialisation")
     p.add_argument("--out", default="analysis-landscape", help="folder for landscape.json and the plots")

@@ -20,13 +20,14 @@ class SearchNetwork(nn.Module):
     apart from the weights: optimise :meth:`weight_parameters` and
     :meth:`arch_parameters` separately. ``channels_last`` is the layout it
     computes in (None: channels-last for float CPU inputs when C >= 8, see
-    :func:`pynas.nn.layout.network_input`).
+    :func:`pynas.nn.layout.network_input`); ``classifier_bias=False`` makes the
+    logits linear in the last cell's output (wiring paper, Thm. 2).
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
                  inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
-                 channels_last: Optional[bool] = None, **arch_kwargs):
+                 channels_last: Optional[bool] = None, classifier_bias: bool = True, **arch_kwargs):
         super().__init__()
         self.C = C
         self.channels_last = check_channels_last(channels_last, C, "SearchNetwork")
@@ -54,7 +55,8 @@ class SearchNetwork(nn.Module):
             reduction_prev = reduction
             C_pp, C_p = C_p, len(cell.concat) * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
+        # Without bias the logits are linear in the last cell's output, as the wiring paper's Thm. 2 assumes.
+        self.classifier = nn.Linear(C_p, num_classes, bias=classifier_bias)
         self.record_edge_weights = False
         self.last_edge_weights = []
 

@@ -189,10 +189,9 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.space != "nb201" and self.layers < 3:
-            # Cells layers//3 and 2·layers//3 reduce: below 3 cells there is no normal cell to search.
-            raise ValueError(f"--layers must be at least 3 for --space {self.space} (cells {self.layers // 3} and "
-                             f"{2 * self.layers // 3} are reduction cells, so with {self.layers} there is no "
-                             f"normal cell whose α could be searched), got {self.layers}")
+            # Cells layers//3 and 2·layers//3 reduce from 3 cells on: below that there is no reduction cell.
+            raise ValueError(f"--layers must be at least 3 for --space {self.space} (fewer cells have no reduction "
+                             f"cell, so the reduce cells' α could never be searched), got {self.layers}")
 
 
 def build_model(cfg: RunConfig, info):

@@ -498,6 +498,8 @@ METHODS = {
     "gdas": (DartsFirstOrder, "gumbel_hard", {}),
     "dsnas": (SingleLevel, "categorical", {}),
     "fixed": (FixedAlpha, "softmax", {"init": "zeros"}),
+    # The wiring paper's Fig. 4b: θ trained with α fixed under uniform sampling (one op per edge, `none` included).
+    "uniform": (FixedAlpha, "categorical", {"init": "zeros"}),
     "sdarts-rs": (SdartsRS, "softmax", {}),
     "sgas": (Sgas, "softmax", {}),
 }
