@@ -152,6 +152,15 @@ class Architecture(nn.Module):
             self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
         self._dropped: Dict[str, torch.Tensor] = {}
         self._noise: Dict[str, torch.Tensor] = {}
+        # Per cell type, the operations each edge can run under its mask, read to the host
+        # once per mask change (see `active`): a step with unchanged masks does no transfer.
+        self.mask_versions: Dict[str, int] = {t: 0 for t in self.cell_types}
+        self._mask_seen: Dict[str, tuple] = {}
+        self._active_cache: Dict[str, tuple] = {}
+        for t in self.cell_types:  # the masks start on the CPU: free to read now
+            self.active(t)
+        self._ahead = False  # see `sampling_ahead`
+        self._drawn_ahead: Optional[dict] = None
 
     @staticmethod
     def _initial(init, E, K):
@@ -193,14 +202,45 @@ class Architecture(nn.Module):
             raise ValueError(f"fix_op: {self.ops[k]!r} is not available on edge {edge} of {cell_type!r} cells")
         mask[edge] = False
         mask[edge, k] = True
+        self._mask_changed(cell_type)
 
     def remove_op(self, cell_type: str, edge: int, op) -> None:
         self._check_edge(edge)
         self.mask(cell_type)[edge, self._op_index(op)] = False
+        self._mask_changed(cell_type)
 
     def remove_edge(self, cell_type: str, edge: int) -> None:
         self._check_edge(edge)
         self.mask(cell_type)[edge] = False
+        self._mask_changed(cell_type)
+
+    def _mask_changed(self, cell_type: str) -> None:
+        # A Python counter: what a torch.compile'd forward guards on (it cannot read a tensor's version).
+        self.mask_versions[cell_type] += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        for t in self.cell_types:
+            self._mask_changed(t)
+        self.discard_sample_ahead()
+
+    def active(self, cell_type: str) -> Optional[List[Optional[List[int]]]]:
+        """Per edge, the operations its mask leaves to run (None: every one, on
+        every edge). Cached: computed again (one device-to-host transfer) only
+        after the mask changed, by :meth:`fix_op` and its kin, by loading a state
+        dict, or, outside torch.compile, by any in-place edit or move of the
+        mask tensor."""
+        mask = self.mask(cell_type)
+        if not torch.compiler.is_compiling():
+            seen = (mask.data_ptr(), mask._version, mask.device)
+            if self._mask_seen.get(cell_type) != seen:
+                self._mask_seen[cell_type] = seen
+                self._mask_changed(cell_type)
+        cached = self._active_cache.get(cell_type)
+        if cached is None or cached[0] != self.mask_versions[cell_type]:
+            cached = (self.mask_versions[cell_type], _active_from_mask(mask))
+            self._active_cache[cell_type] = cached
+        return cached[1]
 
     def set_progress(self, progress: float) -> None:
         """Search progress in [0, 1]; sets τ from the schedule."""
@@ -222,14 +262,48 @@ class Architecture(nn.Module):
     def weights(self, cell_type: str, batch_size: Optional[int] = None) -> EdgeWeights:
         """Fresh relaxed weights of one cell type (a new sample for the stochastic
         relaxations); ``[B, E, K]`` when ``sample_per == "sample"``."""
-        self._check_type(cell_type)
+        return self.weights_of([cell_type], batch_size)[cell_type]
+
+    def weights_of(self, cell_types: Sequence[str], batch_size: Optional[int] = None) -> Dict[str, EdgeWeights]:
+        """:meth:`weights` of several cell types, drawn in the order given. Under
+        a hard sample (``gumbel_hard``, ``categorical``) the operations to run of
+        all of them (and of the samples drawn ahead, :meth:`sampling_ahead`) come
+        to the host in one device-to-host transfer; the soft relaxations need none."""
+        for t in cell_types:
+            self._check_type(t)
         if self.sample_per == "sample" and batch_size is None:
             raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
-        w = relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
-                  self.generator, batch_size if self.sample_per == "sample" else None)
-        noise = self._noise.get(cell_type)
-        if noise is not None:
-            w = EdgeWeights(_clip_renormalise(w.weights + noise.to(w.weights), self.mask(cell_type)), w.active)
+        B = batch_size if self.sample_per == "sample" else None
+        hard = self.relaxation in ("gumbel_hard", "categorical")
+        ahead = self._use_drawn_ahead(cell_types, B) if hard else None
+        drawn = {t: self._draw(t, B) for t in cell_types}
+        if hard:
+            chosen = {t: c for t, (_, c) in drawn.items()}
+            if ahead is None:
+                next_chosen = self._draw_ahead(cell_types, B) if self._ahead and self.generator is not None else {}
+                actives = _active_lists_of({**{("now", t): c for t, c in chosen.items()},
+                                            **{("next", t): c for t, c in next_chosen.items()}})
+                if next_chosen:
+                    self._drawn_ahead["active"] = {t: actives["next", t] for t in next_chosen}
+                active = {t: actives["now", t] for t in cell_types}
+            else:
+                active = ahead
+        else:
+            active = {t: self.active(t) for t in cell_types}
+        out = {}
+        for t in cell_types:
+            w = drawn[t][0]
+            noise = self._noise.get(t)
+            if noise is not None:
+                w = _clip_renormalise(w + noise.to(w), self.mask(t))
+            out[t] = self._drop(t, EdgeWeights(w, active[t]))
+        return out
+
+    def _draw(self, cell_type, batch_size):
+        return _relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
+                      self.generator, batch_size)
+
+    def _drop(self, cell_type: str, w: EdgeWeights) -> EdgeWeights:
         dropped = self._dropped.get(cell_type)
         if dropped is None:
             return w
@@ -237,6 +311,60 @@ class Architecture(nn.Module):
         active = w.active if w.active is not None else [list(range(len(self.ops)))] * self.num_edges
         active = [[k for k in row if keep[e, k]] for e, row in enumerate(active)]
         return EdgeWeights(w.weights.masked_fill(dropped.to(w.weights.device), 0.0), active)
+
+    # -- hard samples drawn one forward ahead ----------------------------------
+    @contextlib.contextmanager
+    def sampling_ahead(self, enabled: bool = True):
+        """Within the block, a forward under a hard sample also draws the *next*
+        forward's sample from the same α and brings both samples' operations to
+        run to the host in one transfer. The next forward uses that sample if α,
+        the masks, τ, the batch size and the generator are as they were; it then
+        draws the same noise again from the same generator state (so its weights
+        are exactly those of a fresh draw), else the generator is rewound and it
+        draws afresh. Either way the samples are those of a search without it:
+        it only saves the transfer. For DARTS-order steps (GDAS), where the
+        weight step's α is also the next α step's."""
+        before, self._ahead = self._ahead, bool(enabled)
+        try:
+            yield
+        finally:
+            self._ahead = before
+
+    def discard_sample_ahead(self) -> None:
+        """Forgets a sample drawn ahead and rewinds the generator to before it
+        (e.g. at the end of an epoch, before a checkpoint records the generator)."""
+        pending, self._drawn_ahead = self._drawn_ahead, None
+        if pending is not None and self.generator is not None:
+            self.generator.set_state(pending["before"])
+
+    def _ahead_key(self, cell_types, batch_size):
+        return (tuple(cell_types), batch_size, self.relaxation, self.temperature,
+                tuple((a._version, a.data_ptr()) for a in (self.alphas[t] for t in cell_types)),
+                tuple(self.mask_versions[t] for t in cell_types))
+
+    def _draw_ahead(self, cell_types, batch_size) -> Dict[str, torch.Tensor]:
+        before = self.generator.get_state()
+        with torch.no_grad():
+            chosen = {t: self._draw(t, batch_size)[1] for t in cell_types}
+        self._drawn_ahead = dict(key=self._ahead_key(cell_types, batch_size), before=before,
+                                 after=self.generator.get_state())
+        return chosen
+
+    def _use_drawn_ahead(self, cell_types, batch_size):
+        """The operations to run of the sample drawn ahead, with the generator
+        set to draw that sample again; None (generator rewound) if it does not apply."""
+        pending = self._drawn_ahead
+        if pending is None:
+            return None
+        if not torch.equal(self.generator.get_state(), pending["after"]):
+            self._drawn_ahead = None  # someone drew or set the generator since: the sample is void
+            return None
+        if pending["key"] != self._ahead_key(cell_types, batch_size) or "active" not in pending:
+            self.discard_sample_ahead()
+            return None
+        self._drawn_ahead = None
+        self.generator.set_state(pending["before"])
+        return pending["active"]
 
     @contextlib.contextmanager
     def perturbed(self, cell_type: str, edge: int, op=None):
@@ -281,19 +409,26 @@ def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature:
           generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None) -> EdgeWeights:
     """Relaxed weights of ``alpha`` (``[..., K]``) under ``mask`` (see the module
     docstring); with ``batch_size``, one sample per input sample (``[B, ..., K]``)."""
+    w, chosen = _relax(alpha, mask, relaxation, temperature, generator, batch_size)
+    return EdgeWeights(w, _active_from_mask(mask) if chosen is None else _active_from_hard(chosen))
+
+
+def _relax(alpha, mask, relaxation, temperature=1.0, generator=None, batch_size=None):
+    """``(weights, chosen)``: the relaxed weights and, under a hard sample, the
+    device's ``[E, K]`` boolean of the operations to run (None: as the mask says)."""
     if relaxation not in RELAXATIONS:
         raise ValueError(f"`relaxation` must be one of {RELAXATIONS}, got {relaxation!r}")
     if relaxation in ("softmax", "sigmoid"):
         w = torch.sigmoid(alpha) * mask if relaxation == "sigmoid" else _masked_softmax(alpha, mask)
         if batch_size is not None:
             w = w.expand(batch_size, *w.shape)
-        return EdgeWeights(w, _active_from_mask(mask))
+        return w, None
     logits = _masked_logits(alpha, mask)
     if batch_size is not None:
         logits = logits.expand(batch_size, *logits.shape)
     if relaxation == "gumbel":
         w = gumbel_softmax(logits, tau=temperature, generator=generator)
-        return EdgeWeights(torch.where(mask, w, torch.zeros_like(w)), _active_from_mask(mask))
+        return torch.where(mask, w, torch.zeros_like(w)), None
     if relaxation == "gumbel_hard":
         w = gumbel_softmax(logits, tau=temperature, hard=True, generator=generator)
     else:  # categorical (DSNAS): one-hot Z_s from softmax(α), weight 1 with gradient ∇α log p_s
@@ -303,7 +438,11 @@ def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature:
         # Value exactly `hard`; ∂L/∂α = (∂L/∂w_s)·(δ_s − p) = C(Z_s)·∇α log p(Z_s), not p_s·C·(δ_s − p)
         # as the straight-through `hard − p.detach() + p` would give.
         w = hard * (1 + (log_p_s - log_p_s.detach()))
-    return EdgeWeights(w, _active_from_hard(w, mask))
+    # Run only the selected operation(s): per sample, the union over the batch.
+    chosen = (w.detach() > 0.5) & mask
+    if chosen.dim() > mask.dim():
+        chosen = chosen.any(0)
+    return w, chosen
 
 
 def _clip_renormalise(w, mask):
@@ -317,17 +456,31 @@ def _clip_renormalise(w, mask):
 
 
 def _active_from_mask(mask):
-    if bool(mask.all()):
-        return None
-    return [row.nonzero().flatten().tolist() for row in mask.reshape(-1, mask.size(-1)).cpu()]
+    """Per edge, the columns ``mask`` leaves (None: all); one transfer (``tolist``)."""
+    rows = mask.reshape(-1, mask.size(-1)).tolist()
+    return None if all(all(row) for row in rows) else _columns(rows)
 
 
-def _active_from_hard(w, mask):
-    # Run only the selected operation(s): per sample, the union over the batch.
-    chosen = (w.detach() > 0.5) & mask
-    if chosen.dim() > mask.dim():
-        chosen = chosen.any(0)
-    return [row.nonzero().flatten().tolist() for row in chosen.reshape(-1, mask.size(-1)).cpu()]
+def _active_from_hard(chosen):
+    """Per edge, the columns ``chosen`` (``[E, K]`` boolean) selects; one transfer."""
+    return _columns(chosen.reshape(-1, chosen.size(-1)).tolist())
+
+
+def _active_lists_of(chosen: Dict) -> Dict:
+    """:func:`_active_from_hard` of several ``[E, K]`` booleans in one transfer."""
+    if not chosen:
+        return {}
+    flat = {k: c.reshape(-1, c.size(-1)) for k, c in chosen.items()}
+    rows = torch.cat(list(flat.values())).tolist()
+    out, start = {}, 0
+    for k, c in flat.items():
+        out[k] = _columns(rows[start:start + c.size(0)])
+        start += c.size(0)
+    return out
+
+
+def _columns(rows) -> List[List[int]]:
+    return [[k for k, on in enumerate(row) if on] for row in rows]
 
 
 def _masked_logits(alpha, mask):

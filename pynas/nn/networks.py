@@ -73,6 +73,8 @@ class SearchNetwork(nn.Module):
         # Each cell's edge weights of this forward, on request: the sample Z a resource constraint
         # differentiates through, as SNAS' code does.
         self.last_edge_weights = []
+        if self.arch.sample_per != "cell":  # every cell type's sample at once: one host transfer under hard samples
+            shared = self.arch.weights_of(self._cell_types(), batch_size=x.size(0))
         for cell in self.cells:
             cell_type = "reduce" if cell.reduction else "normal"
             if self.arch.sample_per == "cell" or cell_type not in shared:
@@ -82,6 +84,11 @@ class SearchNetwork(nn.Module):
                 self.last_edge_weights.append(w.weights)
             s0, s1 = s1, cell(s0, s1, w.weights, w.active)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def _cell_types(self):
+        """The cell types in the order the cells use them first."""
+        types = ["reduce" if cell.reduction else "normal" for cell in self.cells]
+        return sorted(set(types), key=types.index)
 
 
 def minimal_cell_network(C: int = 16, num_classes: int = 10, layers: int = 8, space="darts", **kwargs) -> SearchNetwork:

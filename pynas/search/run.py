@@ -27,6 +27,7 @@ from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, T
 from .strategies import A_OPTIMIZERS, METHODS, SearchConfig, Sgas
 
 DIGITS_A_LR = 0.15
+PROGRESS_SECONDS = 1.0  # the terminal's progress line (a host synchronisation) at most this often
 SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s1-from-run", "minimal")
 
 
@@ -507,7 +508,9 @@ class SearchRun:
 
     def _ranks_agree(self) -> bool:
         """Whether every rank holds bit-identical α (checked, not assumed)."""
-        alpha = torch.cat([a.detach().flatten() for a in self.model.arch_parameters()]).cpu()
+        alpha = torch.cat([a.detach().flatten() for a in self.model.arch_parameters()])
+        if torch.distributed.get_backend() != "nccl":  # gloo gathers host tensors; nccl device ones
+            alpha = alpha.cpu()
         gathered = [torch.empty_like(alpha) for _ in range(self.world)]
         torch.distributed.all_gather(gathered, alpha)
         return all(torch.equal(alpha, other) for other in gathered)
@@ -530,7 +533,10 @@ class SearchRun:
         train = self._loader(self.train_data, cfg.seed)
         val = self._loader(self.val_data, cfg.seed + 1)
         val_iter = iter(val)
+        # Sums stay on the device (the steps' metrics are device tensors): read once at the epoch's end,
+        # and for the terminal's progress line at most every PROGRESS_SECONDS.
         sums, n = {"loss": 0.0, "acc": 0.0}, 0
+        shown = time.monotonic()
         grad_correlation = None
         for i, train_batch in enumerate(train):
             val_batch = None
@@ -546,11 +552,14 @@ class SearchRun:
                                                         train_batch if val_batch is not None else None)
             m = self.strategy.step(train_batch, val_batch)
             for k in sums:
-                sums[k] += m[k]
+                sums[k] = sums[k] + m[k]
             n += 1
-            if not self.quiet and self.rank == 0 and sys.stdout.isatty():
+            if (not self.quiet and self.rank == 0 and sys.stdout.isatty()
+                    and (time.monotonic() - shown >= PROGRESS_SECONDS or i + 1 == len(train))):
+                shown = time.monotonic()
                 print(f"\repoch {self.epoch + 1}/{cfg.epochs} step {i + 1}/{len(train)} "
-                      f"loss {sums['loss'] / n:.3f} acc {sums['acc'] / n:.3f}", end="", flush=True)
+                      f"loss {float(sums['loss']) / n:.3f} acc {float(sums['acc']) / n:.3f}", end="", flush=True)
+        sums = {k: float(v) for k, v in sums.items()}  # the epoch's one read of the step metrics
         self.strategy.epoch_end()
         val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size, cfg.device)
         self.epoch += 1

@@ -17,6 +17,9 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
 A_OPTIMIZERS = ("adam", "sgd")
+# Gradients are averaged over processes in flat buckets of at most this many bytes (DDP's default
+# size): a handful of all_reduce calls a step instead of one per parameter (~900 for DARTS' supernet).
+BUCKET_BYTES = 25 * 2 ** 20
 
 
 @dataclass
@@ -87,16 +90,35 @@ class Strategy:
 
     def sync(self, params: List[torch.Tensor]) -> None:
         """Averages gradients over processes (data parallel); a no-op alone.
-        Every rank makes the same calls in the same order, so every rank steps
-        with bit-identical gradients and keeps bit-identical α."""
+
+        The gradients are flattened into buckets of up to :data:`BUCKET_BYTES`
+        (one per dtype and device at least), one ``all_reduce`` per bucket; α's
+        gradients, tiny, fill one bucket. Every rank makes the same calls in the
+        same order, so every rank steps with bit-identical gradients and keeps
+        bit-identical α.
+
+        Why not DistributedDataParallel, and why after backward: DDP's reducer
+        hooks every ``backward()`` of the wrapped module, but a search step
+        differentiates the same weights several times and only some of those
+        gradients are to be averaged: the weight step takes ``autograd.grad``
+        with respect to the weights alone (the α side of every mixed_sum
+        skipped), DARTS' second order differentiates w', w+ and w- locally for
+        its virtual step, and hard samples leave unselected operations without
+        a gradient. Reducing explicitly after each gradient that is stepped on
+        keeps these semantics; bucketing removes the per-parameter call cost,
+        which dominated (one collective per parameter)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
         world = torch.distributed.get_world_size()
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad)
-            p.grad.div_(world)
+        for bucket in gradient_buckets([p.grad for p in params], BUCKET_BYTES):
+            flat = torch._utils._flatten_dense_tensors(bucket)
+            torch.distributed.all_reduce(flat)
+            flat.div_(world)
+            for g, averaged in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                g.copy_(averaged)
 
     # -- pieces ---------------------------------------------------------------
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -132,16 +154,24 @@ class Strategy:
         self.arch_optimizer_step()
 
     # -- the step -------------------------------------------------------------
-    def step(self, train_batch: Batch, val_batch: Optional[Batch]) -> Dict[str, float]:
-        """DARTS order: α first (on the validation batch), then the weights."""
-        self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
+    def step(self, train_batch: Batch, val_batch: Optional[Batch]) -> Dict[str, torch.Tensor]:
+        """DARTS order: α first (on the validation batch), then the weights.
+        Returns the weight step's metrics as 0-d tensors on the device (read
+        them once per logging interval: reading is a host synchronisation)."""
+        arch = self.model.arch
+        arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
         if self.a_opt is not None:
             self.arch_step(train_batch, val_batch)
-        metrics = self.weight_step(train_batch)
+        # The weight step's α is the next α step's: under hard samples (GDAS) its forward draws that
+        # step's sample too, so one host transfer a step tells both which operations to run.
+        with arch.sampling_ahead(self.a_opt is not None):
+            metrics = self.weight_step(train_batch)
         self.global_step += 1
         return metrics
 
     def epoch_end(self) -> None:
+        # A sample drawn ahead is given back, so that a checkpoint records the generator before it.
+        self.model.arch.discard_sample_ahead()
         self.w_sched.step()
 
     def state_dict(self):
@@ -174,7 +204,11 @@ class DartsSecondOrder(Strategy):
         eta = self.w_opt.param_groups[0]["lr"]
         momentum, wd = self.config.w_momentum, self.config.w_weight_decay
         saved_w = [w.detach().clone() for w in self.weights]
-        saved_buffers = [b.detach().clone() for b in self.model.buffers()]
+        # BatchNorm statistics (not α's masks, which the virtual step leaves alone: rewriting them would
+        # make the next forward read them from the device again).
+        arch_buffers = {id(b) for b in self.model.arch.buffers()}
+        buffers = [b for b in self.model.buffers() if id(b) not in arch_buffers]
+        saved_buffers = [b.detach().clone() for b in buffers]
 
         # Virtual step w' = w − η(momentum·buffer + ∇w L_train + wd·w).
         loss, _ = self.loss(train_batch)
@@ -192,12 +226,12 @@ class DartsSecondOrder(Strategy):
         grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
         g_alpha = [_zero_if_none(g, a) for g, a in zip(grads[:len(self.alphas)], self.alphas)]
         v = [_zero_if_none(g, w) for g, w in zip(grads[len(self.alphas):], self.weights)]
-        R = 0.01 / float(_global_norm(v))
+        R = 0.01 / _global_norm(v)  # a 0-d tensor: no host synchronisation
 
         def alpha_grad_at(sign):
             with torch.no_grad():
                 for w, w0, vi in zip(self.weights, saved_w, v):
-                    w.copy_(w0).add_(vi, alpha=sign * R)
+                    w.copy_(w0 + (sign * R).to(vi.dtype) * vi)
             loss, _ = self.loss(train_batch)
             return [_zero_if_none(g, a) for g, a in
                     zip(torch.autograd.grad(loss, self.alphas, allow_unused=True), self.alphas)]
@@ -206,11 +240,11 @@ class DartsSecondOrder(Strategy):
         with torch.no_grad():
             for w, w0 in zip(self.weights, saved_w):
                 w.copy_(w0)
-            for b, b0 in zip(self.model.buffers(), saved_buffers):
+            for b, b0 in zip(buffers, saved_buffers):
                 b.copy_(b0)
         self.a_opt.zero_grad(set_to_none=True)
         for a, ga, gp, gn in zip(self.alphas, g_alpha, g_pos, g_neg):
-            a.grad = ga - eta * (gp - gn) / (2 * R)
+            a.grad = ga - eta * (gp - gn) / (2 * R).to(ga.dtype)
         self.sync(self.alphas)
         self.arch_optimizer_step()
 
@@ -253,7 +287,12 @@ class Snas(SingleLevel):
                 raise ValueError("Snas: a resource constraint needs `image_size`")
             self.tables = constraint.tables(model, image_size)
             model.record_edge_weights = True
-        self.last_cost = 0.0
+        self._last_cost = 0.0
+
+    @property
+    def last_cost(self) -> float:
+        """The penalty of the last step's loss (read from the device on request)."""
+        return float(self._last_cost)
 
     def loss(self, batch):
         loss, logits = super().loss(batch)
@@ -261,7 +300,7 @@ class Snas(SingleLevel):
             return loss, logits
         # The reparameterised estimator differentiates through the forward's own samples Z.
         penalty = self.constraint.penalty(self.model.arch, self.tables, self.model.last_edge_weights or None)
-        self.last_cost = float(penalty.detach())
+        self._last_cost = penalty.detach()
         return loss + penalty, logits
 
 
@@ -374,7 +413,7 @@ class Sgas(DartsFirstOrder):
         # SGAS' code stops training the α of decided and pruned edges (no step, no weight decay):
         # their values stay as they were at the decision and still enter later scores' normalisation.
         arch = self.model.arch
-        frozen = {t: [e for e in range(arch.num_edges) if int(arch.mask(t)[e].sum()) <= 1] for t in arch.cell_types}
+        frozen = {t: [e for e, n in enumerate(self._ops_per_edge(t)) if n <= 1] for t in arch.cell_types}
         kept = {t: arch.alphas[t].detach()[rows].clone() for t, rows in frozen.items() if rows}
         super().arch_optimizer_step()
         with torch.no_grad():
@@ -388,8 +427,13 @@ class Sgas(DartsFirstOrder):
     # -- decisions --------------------------------------------------------------
     def undecided_edges(self, cell_type: str) -> List[int]:
         """Edges still mixing several operations (not decided, not pruned)."""
-        mask = self.model.arch.mask(cell_type)
-        return [e for e in range(mask.size(0)) if int(mask[e].sum()) > 1]
+        return [e for e, n in enumerate(self._ops_per_edge(cell_type)) if n > 1]
+
+    def _ops_per_edge(self, cell_type: str) -> List[int]:
+        # From the architecture's host copy of the mask: no device read while the mask is unchanged.
+        arch = self.model.arch
+        active = arch.active(cell_type)
+        return [len(arch.ops)] * arch.num_edges if active is None else [len(row) for row in active]
 
     def decide(self) -> List[Dict]:
         """One decision per cell type (none once a cell is fully decided)."""
@@ -484,9 +528,26 @@ def _zero_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
 
 
-def _metrics(loss, logits, y):
-    y = y.to(logits.device)
-    return {"loss": float(loss.detach()), "acc": float((logits.detach().argmax(-1) == y).float().mean())}
+def _metrics(loss, logits, y) -> Dict[str, torch.Tensor]:
+    """Loss and accuracy of a step as 0-d tensors on the device: no host synchronisation."""
+    y = y.to(logits.device, non_blocking=True)
+    return {"loss": loss.detach(), "acc": (logits.detach().argmax(-1) == y).float().mean()}
+
+
+def gradient_buckets(grads: List[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> List[List[torch.Tensor]]:
+    """``grads`` grouped, in order, into buckets of one dtype and device and at
+    most ``bucket_bytes`` (a single larger tensor gets a bucket of its own)."""
+    buckets, current, size, kind = [], [], 0, None
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        if current and ((g.dtype, g.device) != kind or size + nbytes > bucket_bytes):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(g)
+        size, kind = size + nbytes, (g.dtype, g.device)
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 # method name -> (strategy class, relaxation, extra Architecture options)

@@ -1,0 +1,85 @@
+"""Data-parallel gradient averaging in buckets: one all_reduce per bucket, the
+gradients each rank steps with unchanged by the packing."""
+import pytest
+import torch
+import torch.distributed as dist
+
+from pynas.nn import SearchNetwork
+from pynas.search import METHODS, SearchConfig
+from pynas.search import strategies
+
+
+def tiny(method):
+    _, relaxation, kw = METHODS[method]
+    torch.manual_seed(0)
+    return SearchNetwork(C=4, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation=relaxation,
+                         generator=torch.Generator().manual_seed(0), **kw)
+
+
+def batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 1, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+
+
+@pytest.fixture
+def group(tmp_path):
+    """A real one-process gloo group (what `sync` checks for)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def expected_buckets(sizes, limit):
+    """Greedy packing in order, as documented: a new bucket when the next tensor would overflow."""
+    count, used = 0, None
+    for n in sizes:
+        if used is None or used + n > limit:
+            count, used = count + 1, 0
+        used += n
+    return count
+
+
+def gradients_after_step(method, monkeypatch, bucket_bytes=None, calls=None):
+    model = tiny(method)
+    strategy = METHODS[method][0](model, SearchConfig(epochs=1), 10)
+    strategy.w_opt.step = lambda *a, **k: None  # keep the gradients as the optimisers would see them
+    strategy.a_opt.step = lambda *a, **k: None
+    if bucket_bytes is not None:
+        monkeypatch.setattr(strategies, "BUCKET_BYTES", bucket_bytes)
+    if calls is not None:
+        # Two ranks holding the same gradients: the sum is twice each, the average each itself.
+        monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+        monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: calls.append(t.numel()) or t.add_(t))
+    strategy.step(batch(0), batch(1))
+    return ([p.grad.clone() for p in strategy.weights], [a.grad.clone() for a in strategy.alphas],
+            strategy)
+
+
+@pytest.mark.parametrize("method", ["darts", "single-level"])
+def test_one_all_reduce_per_bucket(method, group, monkeypatch):
+    reference_w, reference_a, _ = gradients_after_step(method, monkeypatch)  # no averaging: world 1
+    calls = []
+    limit = 16 * 1024  # small buckets, so that the weights need several
+    weights, alphas, strategy = gradients_after_step(method, monkeypatch, limit, calls)
+    w_bytes = [p.numel() * 4 for p in strategy.weights]
+    a_bytes = [a.numel() * 4 for a in strategy.alphas]
+    if method == "darts":  # α's step, then the weights' step: α's gradients in one bucket
+        expected = [sum(a.numel() for a in strategy.alphas)] + [None] * expected_buckets(w_bytes, limit)
+    else:  # one backward: weights and α averaged together
+        expected = [None] * expected_buckets(w_bytes + a_bytes, limit)
+    assert len(calls) == len(expected) < len(w_bytes) // 4
+    if expected[0] is not None:
+        assert calls[0] == expected[0]
+    assert sum(calls) == sum(p.numel() for p in strategy.weights + strategy.alphas)
+    for got, want in zip(weights + alphas, reference_w + reference_a):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_default_buckets_hold_the_darts_supernet_in_a_few_calls():
+    model = SearchNetwork(C=16, num_classes=10, layers=8)
+    grads = [torch.zeros_like(p) for p in model.weight_parameters()]
+    buckets = strategies.gradient_buckets(grads)
+    assert len(grads) > 500 and len(buckets) == 1  # 1.9 M float32 weights: 7.4 MB, under 25 MB
+    small = strategies.gradient_buckets(grads, 2 ** 20)
+    assert len(small) == expected_buckets([g.numel() * 4 for g in grads], 2 ** 20) >= 7
+    assert [id(g) for b in small for g in b] == [id(g) for g in grads] and all(sum(g.numel() * 4 for g in b) <= 2 ** 20 for b in small)
