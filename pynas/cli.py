@@ -82,9 +82,13 @@ def _add_search_arguments(parser):
                    help="sgas --pt: validation batches per measurement (default: all)")
     g.add_argument("--log-grad-correlation", action="store_true",
                    help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
+    g.add_argument("--log-prob-grad", default=None, metavar="CELLS",
+                   help="log ∂L/∂p per edge and op of these cells every epoch (Single-DARTS Fig. 3): all, or 0,3")
     g = parser.add_argument_group("run")
     g.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    g.add_argument("--keep-every", type=int, default=d.keep_every, metavar="N",
+                   help="also keep the checkpoint of every N-th epoch (a search trajectory; 0: the latest only)")
     g.add_argument("--quiet", action="store_true", help="no progress line")
     g.add_argument("--tensorboard", default=None, metavar="DIR",
                    help='also write each epoch\'s metrics and α as TensorBoard scalars into DIR '
@@ -168,6 +172,8 @@ def _search(args, argv=None):
 
 def _add_select_arguments(parser):
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a search run directory")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="the checkpoint the search kept after this epoch (--keep-every; default: the latest)")
     parser.add_argument("--method", choices=("magnitude", "snas", "nb201", "pt", "pt-mag"), default="pt")
     parser.add_argument("--crit", choices=("acc", "loss"), default="acc")
     parser.add_argument("--tune-epochs", type=int, default=5)
@@ -182,7 +188,7 @@ def _select(args):
     from .select import PTSelection, select_by_rule
 
     try:
-        cfg, model, train_data, val_data = load_run(args.run)
+        cfg, model, train_data, val_data = load_run(args.run, args.epoch)
         if args.method in ("magnitude", "snas", "nb201"):
             genotype = select_by_rule(model, args.method)
         else:
@@ -192,7 +198,11 @@ def _select(args):
             from .select.pt import tuning_strategy
 
             # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
-            search_state = torch.load(os.path.join(args.run, "checkpoint.pt"), weights_only=True, map_location="cpu")
+            from .search.run import kept_checkpoint
+
+            checkpoint = (os.path.join(args.run, "checkpoint.pt") if args.epoch is None
+                          else kept_checkpoint(args.run, args.epoch))
+            search_state = torch.load(checkpoint, weights_only=True, map_location="cpu")
             pt = PTSelection(model, train_data, val_data, out, seed=cfg.seed, crit=args.crit,
                              tune_epochs=args.tune_epochs, val_batches=args.val_batches, batch_size=cfg.batch_size,
                              phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
@@ -217,7 +227,7 @@ def _evaluate(args):
     from .select import genotype_in_place_of_alpha, parse_genotype
 
     try:
-        cfg, model, _, val_data = load_run(args.run)
+        cfg, model, _, val_data = load_run(args.run, args.epoch)
         genotype = parse_genotype(args.genotype or os.path.join(args.run, "genotype.txt"))
         _, supernet_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
         with genotype_in_place_of_alpha(model, genotype):
@@ -288,6 +298,8 @@ def main(argv=None) -> int:
     _add_select_arguments(select)
     evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights")
     evaluate.add_argument("--run", required=True, metavar="RUN_DIR")
+    evaluate.add_argument("--epoch", type=int, default=None,
+                          help="the checkpoint the search kept after this epoch (--keep-every; default: the latest)")
     evaluate.add_argument("--genotype", default=None, help="name, file or text (default: the run's genotype)")
     train = commands.add_parser("train", help="train a genotype from scratch (DARTS evaluation protocol)")
     _add_train_arguments(train)

@@ -69,3 +69,59 @@ def test_search_logs_the_gradient_correlation_every_epoch(tmp_path, method):
     assert len(logged) == 3 and all(len(c["nodes"]) == 2 and len(c["edges"]) == 5 for c in logged)
     if method == "single-level":  # a batch with itself: squared norms
         assert all(v >= 0 for c in logged for v in c["edges"])
+
+
+def test_probability_gradients_are_the_loss_slopes_of_each_cells_weights():
+    # Single-DARTS Fig. 3: ∂L/∂p per edge of a chosen cell, checked by central differences in float64.
+    from pynas.analysis.edge_cost import forward_with_weights
+    from pynas.analysis.grad_correlation import probability_gradients
+    from pynas.arch import EdgeWeights
+
+    torch.manual_seed(0)
+    model = SearchNetwork(C=2, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = probability_gradients(model, (x, y), [1, 2])  # the two reduction cells share α, not ∂L/∂p
+    assert set(grads) == {"1", "2"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    p = {t: model.arch.weights(t).weights.detach() for t in ("normal", "reduce")}
+    types = ["reduce" if c.reduction else "normal" for c in model.cells]
+
+    def loss(cell, e, k, h):
+        weights = []
+        for c, t in enumerate(types):
+            w = p[t].clone()
+            if c == cell:
+                w[e, k] += h
+            weights.append(EdgeWeights(w))
+        saved = [b.clone() for b in model.buffers()]
+        with torch.no_grad():
+            value = float(F.cross_entropy(forward_with_weights(model, x, weights), y))
+        for b, s in zip(model.buffers(), saved):
+            b.copy_(s)
+        return value
+
+    for cell, e, k in ((1, 0, 4), (2, 3, 1), (1, 4, 7)):
+        numeric = (loss(cell, e, k, 1e-6) - loss(cell, e, k, -1e-6)) / 2e-6
+        assert grads[str(cell)][e][k] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+    assert grads["1"] != grads["2"]
+
+
+def test_search_logs_probability_gradients_and_keeps_a_trajectory(tmp_path, capsys):
+    from pynas.cli import main
+
+    run = tmp_path / "run"
+    assert main(["search", "--epochs", "4", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
+                 "--keep-every", "2", "--log-prob-grad", "0", "--out", str(run), "--quiet"]) == 0
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert all(set(r["prob_grad"]) == {"0"} and len(r["prob_grad"]["0"]) == 5 for r in records)
+    assert sorted(p.name for p in run.glob("checkpoint-epoch*.pt")) == ["checkpoint-epoch0002.pt",
+                                                                         "checkpoint-epoch0004.pt"]
+    capsys.readouterr()
+    # The analyses read a kept checkpoint: the genotype after epoch 2 is the one logged then.
+    assert main(["select", "--run", str(run), "--epoch", "2", "--method", "magnitude"]) == 0
+    assert capsys.readouterr().out.strip() == f"genotype: {records[1]['genotype']}"
+    assert main(["evaluate", "--run", str(run), "--epoch", "2"]) == 0
+    assert main(["select", "--run", str(run), "--epoch", "3", "--method", "magnitude"]) == 2
+    assert "kept: [2, 4]" in capsys.readouterr().err

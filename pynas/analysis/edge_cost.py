@@ -404,14 +404,14 @@ def _read_run_config(run_dir: str):
         raise _Unusable(f"{path} is not a search run's config: {e}")
 
 
-def _network(cfg, run_dir: Optional[str]):
+def _network(cfg, run_dir: Optional[str], epoch: Optional[int] = None):
     """(model, train split, validation split) of a run configuration: the
-    weights of ``run_dir``'s checkpoint, or at initialisation (None), seeded
-    as a run starts."""
+    weights of ``run_dir``'s checkpoint (the latest, or the one kept after
+    ``epoch``), or at initialisation (None), seeded as a run starts."""
     from ..search.run import build_model, load_run, search_data
 
     if run_dir is not None:
-        _, model, train_data, val_data = load_run(run_dir)
+        _, model, train_data, val_data = load_run(run_dir, epoch)
         return model, train_data, val_data
     cfg.validate()
     train_data, val_data, info = search_data(cfg)
@@ -428,7 +428,8 @@ def _source(args):
         if not args.init and not os.path.exists(os.path.join(args.run, "checkpoint.pt")):
             raise _Unusable(f"{args.run} has no checkpoint.pt yet (no finished epoch); use --init for its "
                             f"network at initialisation")
-        source = {"run": args.run, "at": "initialisation" if args.init else "checkpoint"}
+        source = {"run": args.run, "at": "initialisation" if args.init else "checkpoint",
+                  "epoch": None if args.init else args.epoch}
     elif args.init:
         cfg = RunConfig(space=args.space, C=args.C, layers=args.layers, seed=args.seed, dataset=args.dataset,
                         data=args.data)
@@ -436,7 +437,7 @@ def _source(args):
     else:
         raise _Unusable("give --run RUN_DIR (its checkpoint) or --init (a network at initialisation)")
     try:
-        model, train_data, val_data = _network(cfg, None if args.init else args.run)
+        model, train_data, val_data = _network(cfg, None if args.init else args.run, args.epoch)
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, pickle.UnpicklingError) as e:
         raise _Unusable(f"cannot load {args.run or 'the network'}: {e}")
     if not isinstance(model, SearchNetwork):
@@ -527,6 +528,8 @@ def register_commands(subparsers) -> None:
                     "every edge of every cell. Writes cost.json and a heat map per cell.")
     p.add_argument("--run", metavar="RUN_DIR", help="a search run: its checkpoint's weights (with --init: its "
                    "network at initialisation, seeded as the run started)")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="with --run: the checkpoint the search kept after this epoch (--keep-every)")
     p.add_argument("--init", action="store_true", help="weights at initialisation")
     p.add_argument("--space", choices=("minimal", "darts"), default="minimal", help="with --init alone")
     p.add_argument("--C", type=int, default=8, help="with --init alone: initial channels")

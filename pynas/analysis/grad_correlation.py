@@ -84,3 +84,36 @@ def gradient_correlation(model, batch_a, batch_b=None) -> List[Dict[str, List[fl
                  for node in range(cell.inputs, cell.inputs + cell.steps)]
         result.append({"edges": edges, "nodes": nodes})
     return result
+
+
+def probability_gradients(model, batch, cells: Optional[List[int]] = None) -> Dict[str, List[List[float]]]:
+    """∂L/∂p of each chosen cell on ``batch`` (Single-DARTS Fig. 3): the gradient of
+    the mean cross-entropy with respect to the edge weights p (``[E, K]``) that cell
+    computes with, the current relaxation's weights given to every cell separately,
+    so cells sharing α still get their own gradient. Keyed by cell index; the model
+    is left as it was (its parameters' ``.grad`` untouched, BatchNorm statistics
+    restored)."""
+    from ..nn import SearchNetwork
+    from .edge_cost import forward_with_weights
+
+    if not isinstance(model, SearchNetwork):
+        raise ValueError("probability gradients need a DARTS-style supernet (SearchNetwork)")
+    cells = list(range(len(model.cells))) if cells is None else cells
+    for c in cells:
+        if not 0 <= c < len(model.cells):
+            raise ValueError(f"cell {c} out of range [0, {len(model.cells)})")
+    device = next(model.parameters()).device
+    x, y = batch[0].to(device), batch[1].to(device)
+    saved = [b.detach().clone() for b in model.buffers()]
+    weights = []
+    for cell in model.cells:
+        w = model.arch.weights("reduce" if cell.reduction else "normal")
+        leaf = w.weights.detach().clone().requires_grad_()
+        weights.append(type(w)(leaf, w.active))
+    loss = F.cross_entropy(forward_with_weights(model, x, weights), y)
+    grads = torch.autograd.grad(loss, [weights[c].weights for c in cells], allow_unused=True)
+    with torch.no_grad():
+        for b, s in zip(model.buffers(), saved):
+            b.copy_(s)
+    return {str(c): (torch.zeros_like(weights[c].weights) if g is None else g).double().cpu().tolist()
+            for c, g in zip(cells, grads)}

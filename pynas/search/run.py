@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..analysis.grad_correlation import gradient_correlation
+from ..analysis.grad_correlation import gradient_correlation, probability_gradients
 from ..data import load_dataset, load_image_dataset, loader, split
 from ..genotype import Genotype, NB201Genotype, derive_genotype, derive_nb201
 from ..errors import InputError, NonFiniteError
@@ -93,7 +93,21 @@ class RunConfig:
     sgas_pt: bool = False  # SGAS+PT: perturbation-based operation choice on each decided edge
     pt_val_batches: Optional[int] = None  # SGAS+PT: validation batches per measurement (all)
     log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
+    log_prob_grad: Optional[str] = None  # Single-DARTS Fig. 3: ∂L/∂p per edge of these cells ("all" or "0,3")
     tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl (rank 0)
+    keep_every: int = 0  # also keep checkpoint-epoch<N>.pt every N epochs (0: only the latest)
+
+    def prob_grad_cells(self) -> Optional[list]:
+        """The cells ``--log-prob-grad`` names (None: every cell)."""
+        if self.log_prob_grad in (None, "all"):
+            return None
+        try:
+            cells = [int(c) for c in self.log_prob_grad.split(",")]
+        except ValueError:
+            raise ValueError(f"--log-prob-grad must be 'all' or cell indices like 0,3; got {self.log_prob_grad!r}") from None
+        if any(not 0 <= c < self.layers for c in cells):
+            raise ValueError(f"--log-prob-grad: cells must be in [0, {self.layers}), got {self.log_prob_grad!r}")
+        return cells
 
     def resolved(self) -> "RunConfig":
         """A copy with every method-dependent default (``None``) filled in."""
@@ -163,6 +177,12 @@ class RunConfig:
         for name in ("tau_start", "tau_end"):
             if getattr(self, name) == 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.log_prob_grad is not None:
+            self.prob_grad_cells()
+            if self.space == "nb201":
+                raise ValueError("--log-prob-grad needs a DARTS-style space, not nb201")
+        if self.keep_every < 0:
+            raise ValueError(f"--keep-every must be >= 0 (0: keep only the latest checkpoint), got {self.keep_every}")
         if self.batch_increase < 0 or self.first_decision < 0:
             raise ValueError("--batch-increase and --first-decision must be >= 0")
         if self.amp not in ("none", "bf16"):
@@ -407,6 +427,8 @@ class SearchRun:
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": _rng_state(self.model)}
         save_checkpoint(self.checkpoint_path, self._header(), state)
+        if self.cfg.keep_every and self.epoch % self.cfg.keep_every == 0:  # a search trajectory, for the analyses
+            save_checkpoint(kept_checkpoint(self.out, self.epoch), self._header(), state)
 
     def _load(self):
         if not os.path.exists(self.checkpoint_path):
@@ -537,7 +559,7 @@ class SearchRun:
         # and for the terminal's progress line at most every PROGRESS_SECONDS.
         sums, n = {"loss": 0.0, "acc": 0.0}, 0
         shown = time.monotonic()
-        grad_correlation = None
+        grad_correlation = prob_grad = None
         for i, train_batch in enumerate(train):
             val_batch = None
             if self.strategy.bilevel:
@@ -550,6 +572,8 @@ class SearchRun:
                 # Bi-level: α's (validation) batch against the weights' batch; single-level: the batch with itself.
                 grad_correlation = gradient_correlation(self.model, val_batch or train_batch,
                                                         train_batch if val_batch is not None else None)
+            if i == 0 and cfg.log_prob_grad is not None:  # on the weights' batch, before the step
+                prob_grad = probability_gradients(self.model, train_batch, cfg.prob_grad_cells())
             m = self.strategy.step(train_batch, val_batch)
             for k in sums:
                 sums[k] = sums[k] + m[k]
@@ -567,7 +591,7 @@ class SearchRun:
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
                   "cost": getattr(self.strategy, "last_cost", None),
                   "decisions": getattr(self.strategy, "last_decisions", None),
-                  "grad_correlation": grad_correlation, "batch_size": batch_size,
+                  "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
         if self.world > 1:
             record["ranks_agree"] = self._ranks_agree()
@@ -618,10 +642,28 @@ def _check_new_out(out: Optional[str]) -> None:
                          f"or choose a new --out directory")
 
 
-def load_run(run_dir: str):
-    """(config, supernet with the checkpoint's weights and α, train data, validation data)."""
+def kept_checkpoint(run_dir: str, epoch: int) -> str:
+    """The checkpoint ``--keep-every`` keeps after ``epoch``."""
+    return os.path.join(run_dir, f"checkpoint-epoch{epoch:04d}.pt")
+
+
+def kept_epochs(run_dir: str):
+    """The epochs whose checkpoints a run kept (``--keep-every``), ascending."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(int(n[len("checkpoint-epoch"):-3]) for n in names
+                  if n.startswith("checkpoint-epoch") and n.endswith(".pt") and n[16:-3].isdigit())
+
+
+def load_run(run_dir: str, epoch: Optional[int] = None):
+    """(config, supernet with the checkpoint's weights and α, train data, validation data):
+    the latest checkpoint, or the one kept after ``epoch`` (``--keep-every``)."""
     cfg = _run_config(run_dir, "--run").resolved()
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if epoch is not None:
+        checkpoint = kept_checkpoint(run_dir, epoch)
+        if not os.path.exists(checkpoint):
+            raise InputError(f"--epoch {epoch}: {run_dir} kept no checkpoint after it "
+                             f"(kept: {kept_epochs(run_dir) or 'none; search with --keep-every N'})")
     if not os.path.exists(checkpoint):
         raise InputError(f"--run {run_dir}: no checkpoint.pt (the search never finished an epoch)")
     train_data, val_data, info = search_data(dataclasses.replace(cfg, cutout=0, download=False))
