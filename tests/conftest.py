@@ -1,7 +1,29 @@
+import random
+
+import numpy as np
 import pytest
 import torch
 
 import pynas
+
+# The thread count the suite started with: every test runs (and ends) with it.
+THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Whatever a test changes of torch's thread count, default dtype or random
+    generators (torch, Python, NumPy) is put back, so no test runs under another's
+    settings (a benchmark at one thread would leave the multi-threaded kernels
+    unchecked for the rest of the suite)."""
+    dtype = torch.get_default_dtype()
+    torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    yield
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(dtype)
+    torch.set_rng_state(torch_rng)
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
 
 CUDA = torch.cuda.is_available() and pynas.cuda_kernels_available()
 
