@@ -136,14 +136,27 @@ def test_gradcheck_at_fixed_noise(device, hard):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_extreme_inputs_stay_finite(device):
+def test_extreme_inputs_are_distributions_one_hot_as_tau_shrinks_and_uniform_as_it_grows(device):
     logits = torch.randn(1000, 1000, device=device)
-    assert torch.isfinite(gumbel_softmax(logits, generator=seeded(device))).all()
+    y = gumbel_softmax(logits, generator=seeded(device))
+    torch.testing.assert_close(y.sum(-1), torch.ones(1000, device=device))
     big = torch.tensor([[3e4, -3e4, 0.0], [1e30, 1e30, -1e30]], device=device)
     for tau in (1e-30, 1e-3, 1.0, 1e30):
-        assert torch.isfinite(gumbel_softmax(big, tau=tau, generator=seeded(device))).all()
+        y = gumbel_softmax(big, tau=tau, generator=seeded(device))
+        assert (y >= 0).all() and (y <= 1).all()
+        torch.testing.assert_close(y.sum(-1), torch.ones(2, device=device))
+    # tau -> 0: the soft sample is the one-hot of its own argmax (the hard sample of the same draw).
+    x = torch.randn(64, 7, device=device)
+    for tau in (1e-6, 1e-30):
+        soft = gumbel_softmax(x, tau=tau, generator=seeded(device, 9))
+        hard = gumbel_softmax(x, tau=tau, hard=True, generator=seeded(device, 9))
+        torch.testing.assert_close(soft, hard)
+        assert torch.equal(hard.sum(-1), torch.ones(64, device=device))
     tiny = gumbel_softmax(torch.zeros(4, 3, device=device), tau=1e-45, hard=False, generator=seeded(device))
-    assert torch.isfinite(tiny).all()
+    torch.testing.assert_close(tiny.sum(-1), torch.ones(4, device=device))
+    # tau -> infinity: uniform, whatever the logits and the noise.
+    wide = gumbel_softmax(x * 10, tau=1e30, generator=seeded(device))
+    torch.testing.assert_close(wide, torch.full_like(wide, 1 / 7))
 
 
 @pytest.mark.parametrize("device", DEVICES)
