@@ -109,3 +109,30 @@ def test_digits_load_without_scikit_learn(monkeypatch):
     x, y = data[0]
     assert len(data) == 1797 and info.image_size == 8 and x.shape == (1, 8, 8) and int(y) == 0
     assert abs(float(data.tensors[0].mean())) < 1e-5
+
+
+def test_augmentation_is_a_padded_crop_a_flip_and_a_cutout_of_the_stored_image(tmp_path):
+    # Each augmented image, checked by value against brute force over every crop offset and flip of the
+    # 4-padded stored image; outside the cutout square everything matches, inside it is 0 after normalisation.
+    write_cifar10(str(tmp_path))
+    data, _ = load_dataset("cifar10", str(tmp_path), cutout=8)
+    batch = pickle.load(open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="bytes")
+    raw = torch.tensor(batch[b"data"][0]).view(3, 32, 32).float() / 255
+    padded = torch.nn.functional.pad(raw, (4, 4, 4, 4))
+    torch.manual_seed(0)
+    offsets, flips = set(), 0
+    for _ in range(40):
+        x = data[0][0]
+        cut = (x == 0).all(0)  # the cutout square (normalised zeros)
+        rows, cols = cut.any(1).nonzero().flatten(), cut.any(0).nonzero().flatten()
+        if len(rows):
+            assert len(rows) <= 8 and len(cols) <= 8 and cut[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+        pixels = x * data.std + data.mean
+        matches = [(top, left, flip) for top in range(9) for left in range(9) for flip in (False, True)
+                   if torch.allclose(((padded[:, top:top + 32, left:left + 32].flip(-1) if flip
+                                       else padded[:, top:top + 32, left:left + 32]) - pixels)[:, ~cut].abs(),
+                                     torch.zeros(1), atol=1e-6)]
+        assert matches, "not a crop/flip of the stored image"
+        offsets.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(offsets) > 10 and 5 < flips < 35  # crops and flips are drawn, not fixed
