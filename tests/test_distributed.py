@@ -83,3 +83,79 @@ def test_default_buckets_hold_the_darts_supernet_in_a_few_calls():
     small = strategies.gradient_buckets(grads, 2 ** 20)
     assert len(small) == expected_buckets([g.numel() * 4 for g in grads], 2 ** 20) >= 7
     assert [id(g) for b in small for g in b] == [id(g) for g in grads] and all(sum(g.numel() * 4 for g in b) <= 2 ** 20 for b in small)
+
+
+# -- two processes: every rank's α, weights and samples checked ---------------
+
+def _rank_worker(rank, world, port, argv, fault):
+    """A rank of `pynas search --nproc 2` on a small slice of the digits whose second epoch has a
+    fault injected: "samples" reseeds rank 1's architecture generator (its Gumbel samples differ from
+    rank 0's); "weights" averages α's gradients only (the weights' never)."""
+    from torch.utils.data import Subset
+
+    from pynas.search import distributed, run
+
+    search_data = run.search_data
+
+    def small(cfg):
+        train, val, info = search_data(cfg)
+        return Subset(train, range(96)), Subset(val, range(32)), info
+
+    def inject(self):
+        if fault == "samples" and rank == 1:
+            self.model.arch.generator.manual_seed(12345)  # the run seeded it with --seed + 1
+        if fault == "weights":
+            alphas = {id(a) for a in self.strategy.alphas}
+            self.strategy.sync = lambda params: strategies.Strategy.sync(
+                self.strategy, [p for p in params if id(p) in alphas])
+
+    epoch = run.SearchRun._epoch
+
+    def faulty_second_epoch(self):
+        if self.epoch == 1:
+            inject(self)
+        epoch(self)
+
+    run.search_data = small
+    run.SearchRun._epoch = faulty_second_epoch
+    run.SearchRun.draw_cells = lambda self, genotype: []  # no matplotlib import
+    distributed._worker(rank, world, port, argv)
+
+
+def two_ranks(tmp_path, method, fault):
+    import json
+
+    from pynas.search import distributed
+
+    out = tmp_path / method
+    argv = ["search", "--method", method, "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2",
+            "--batch-size", "16", "--out", str(out), "--quiet"]
+    torch.multiprocessing.spawn(_rank_worker, args=(2, distributed._free_port(), argv, fault), nprocs=2)
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    healthy, faulty = records
+    assert healthy["ranks_agree"] is True
+    for name in ("weights", "alpha", "samples"):
+        a, b = healthy["rank_checksums"][name]
+        assert a == b and a != 0
+    assert faulty["ranks_agree"] is False
+    return {name: tuple(values) for name, values in faulty["rank_checksums"].items()}
+
+
+def agree(pair):
+    return pair[0] == pair[1]
+
+
+@pytest.mark.parametrize("method", ["gdas", "dsnas"])
+def test_ranks_drawing_different_hard_samples_are_caught(tmp_path, method):
+    # Gradients are still averaged, so weights and α stay identical: only the samples tell.
+    checksums = two_ranks(tmp_path, method, "samples")
+    assert not agree(checksums["samples"])
+    assert agree(checksums["weights"]) and agree(checksums["alpha"])
+
+
+def test_weight_gradients_not_averaged_are_caught(tmp_path):
+    # α's averaged gradient keeps α identical (what the old check compared); the weights drift apart.
+    checksums = two_ranks(tmp_path, "snas", "weights")
+    assert not agree(checksums["weights"])
+    assert agree(checksums["alpha"]) and agree(checksums["samples"])

@@ -169,6 +169,10 @@ def test_two_processes_end_with_identical_alpha(tmp_path):
     records = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]  # rank 0 alone writes
     assert all(r["ranks_agree"] for r in records)
+    for r in records:  # weights and every step's samples too, not only α (tests/test_distributed.py: the check fires)
+        for name in ("weights", "alpha", "samples"):
+            a, b = r["rank_checksums"][name]
+            assert a == b and a != 0
     assert (out / "genotype.txt").read_text().startswith("Genotype(")
 
 

@@ -2,6 +2,7 @@
 epoch metrics (JSON lines), the genotype, and an atomic checkpoint each epoch
 from which ``--resume`` continues exactly."""
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -331,6 +332,18 @@ def _arch_summary(model):
     return out
 
 
+def _checksum(t: torch.Tensor) -> torch.Tensor:
+    """Σ t ⊙ r with r fixed pseudo-random in [1, 2) (float64): two tensors that differ anywhere (a
+    one-hot sample's other column too, which a plain sum would miss) differ in it almost surely."""
+    return (t.double() * _checksum_factors(tuple(t.shape), str(t.device))).sum()
+
+
+@functools.lru_cache(maxsize=16)
+def _checksum_factors(shape, device):
+    r = torch.rand(shape, generator=torch.Generator().manual_seed(math.prod(shape)), dtype=torch.float64)
+    return (1 + r).to(device)
+
+
 def _distributed():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -380,6 +393,7 @@ class SearchRun:
         self.last_record = None  # the metrics of the last epoch this process ran
         self.out = cfg.out or os.path.join("runs", f"{cfg.space}-{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if self.world > 1:  # one run directory: rank 0's name
+            self._watch_samples()
             names = [self.out]
             torch.distributed.broadcast_object_list(names, src=0)
             self.out = names[0]
@@ -528,14 +542,36 @@ class SearchRun:
         except ImportError:
             return []
 
-    def _ranks_agree(self) -> bool:
-        """Whether every rank holds bit-identical α (checked, not assumed)."""
-        alpha = torch.cat([a.detach().flatten() for a in self.model.arch_parameters()])
+    def _ranks_agree(self) -> Tuple[bool, dict]:
+        """Whether every rank holds bit-identical α and weights and drew bit-identical edge weights this
+        epoch (checked, not assumed: equal α alone would hide unaveraged weight gradients or different
+        Gumbel samples, since α's averaged gradient keeps α equal), and each rank's checksums of the three."""
+        alpha = torch.cat([a.detach().double().flatten() for a in self.model.arch_parameters()])
+        weights = torch.cat([w.detach().double().flatten() for w in self.model.weight_parameters()])
+        mine = torch.cat([alpha, torch.stack([_checksum(weights), _checksum(alpha), self._samples])])
+        self._samples = torch.zeros((), dtype=torch.float64, device=alpha.device)
         if torch.distributed.get_backend() != "nccl":  # gloo gathers host tensors; nccl device ones
-            alpha = alpha.cpu()
-        gathered = [torch.empty_like(alpha) for _ in range(self.world)]
-        torch.distributed.all_gather(gathered, alpha)
-        return all(torch.equal(alpha, other) for other in gathered)
+            mine = mine.cpu()
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, mine)
+        checksums = {name: [float(g[len(alpha) + i]) for g in gathered]
+                     for i, name in enumerate(("weights", "alpha", "samples"))}
+        return all(torch.equal(mine, other) for other in gathered), checksums
+
+    def _watch_samples(self):
+        """Adds a checksum of every edge-weight sample the architecture draws (every forward's) to
+        ``self._samples``, on the device (no host read per step), for :meth:`_ranks_agree`."""
+        arch = self.model.arch
+        weights_of = arch.weights_of
+        self._samples = torch.zeros((), dtype=torch.float64, device=self.cfg.device)
+
+        def recorded(cell_types, batch_size=None):
+            out = weights_of(cell_types, batch_size)
+            for t in cell_types:
+                self._samples = self._samples + _checksum(out[t].weights.detach().double())
+            return out
+
+        arch.weights_of = recorded
 
     def batch_size(self) -> int:
         """This epoch's batch: SGAS grows it by ``batch_increase`` after each round of decisions."""
@@ -594,7 +630,7 @@ class SearchRun:
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
         if self.world > 1:
-            record["ranks_agree"] = self._ranks_agree()
+            record["ranks_agree"], record["rank_checksums"] = self._ranks_agree()
         if self.rank == 0:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
             if self.tensorboard is not None:
