@@ -117,28 +117,106 @@ def test_every_method_runs_and_moves_what_it_should(method):
 
 
 def _run(tmp_path, name, epochs, resume=False, **kw):
-    cfg = RunConfig(epochs=epochs, C=2, layers=3, steps=2, batch_size=128, out=str(tmp_path / name), **kw)
+    kw = {"batch_size": 128, **kw}
+    cfg = RunConfig(epochs=epochs, C=2, layers=3, steps=2, out=str(tmp_path / name), **kw)
     return SearchRun(cfg, resume=str(tmp_path / name) if resume else None, quiet=True)
 
 
-@pytest.mark.parametrize("method", ["darts", "snas", "sdarts-rs", "sgas"])
-def test_resumed_run_ends_with_the_same_alpha(tmp_path, method):
+@pytest.fixture
+def small_digits(monkeypatch):
+    """Searches on a slice of the digits (a few steps an epoch): the run's logic, not its accuracy, is tested."""
+    from torch.utils.data import Subset
+
+    from pynas.search import run
+
+    search_data = run.search_data
+
+    def small(cfg):
+        train, val, info = search_data(cfg)
+        return Subset(train, range(48)), Subset(val, range(32)), info
+
+    monkeypatch.setattr(run, "search_data", small)
+
+
+def assert_same(a, b, where="state"):
+    """Bit-identical nested state: tensors, numbers, containers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def full_state(run):
+    """Everything a search continues from: weights, α, buffers (masks, BN statistics), both optimisers,
+    the schedule, the strategy's own state, the generators, the temperature."""
+    from pynas.search.run import _rng_state
+
+    return {"epoch": run.epoch, "model": run.model.state_dict(), "strategy": run.strategy.state_dict(),
+            "rng": _rng_state(run.model), "temperature": run.model.arch.temperature}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resumed_run_continues_with_the_full_state(tmp_path, small_digits, method):
+    import shutil
+
     kw = dict(first_decision=1, decision_freq=1) if method == "sgas" else {}
-    full = _run(tmp_path, "full", 2, method=method, **kw)
+    full = _run(tmp_path, "full", 2, method=method, batch_size=16, **kw)
+    full._epoch()  # epoch 1, checkpointed ...
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # ... and a process that died right after it
     full.run()
-    half = _run(tmp_path, "half", 2, method=method, **kw)
-    half._epoch()  # one epoch, checkpointed; then the process "dies"
-    resumed = _run(tmp_path, "half", 2, resume=True, method=method)
+    resumed = _run(tmp_path, "killed", 2, resume=True)
     assert resumed.epoch == 1
     resumed.run()
-    for a, b in zip(full.model.arch_parameters(), resumed.model.arch_parameters()):
-        assert torch.equal(a, b)
-    for a, b in zip(full.model.buffers(), resumed.model.buffers()):  # masks (SGAS' decisions) too
-        assert torch.equal(a, b)
-    lines = [json.loads(l) for l in open(tmp_path / "half" / "metrics.jsonl")]
+    assert_same(full_state(full), full_state(resumed))
+    assert_same(full.last_record, resumed.last_record, "record")  # the last epoch's metrics, exactly
+    if method == "sgas":
+        assert full.last_record["decisions"]  # a decision made after the resumption
+    lines = [json.loads(l) for l in open(tmp_path / "killed" / "metrics.jsonl")]
     assert [l["epoch"] for l in lines] == [1, 2]
-    assert (tmp_path / "half" / "genotype.txt").read_text().startswith("Genotype(")
-    assert set(lines[-1]) >= {"train_loss", "val_acc", "temperature", "genotype", "arch"}
+    assert (tmp_path / "killed" / "genotype.txt").read_text() == (tmp_path / "full" / "genotype.txt").read_text()
+
+
+def test_ctrl_c_saves_exits_130_and_resume_on_the_command_line_continues(tmp_path, small_digits, monkeypatch,
+                                                                          capsys):
+    from pynas.io import load_checkpoint
+    from pynas.search import strategies
+
+    argv = ["--method", "gdas", "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "16",
+            "--quiet"]
+    assert main(["search", *argv, "--out", str(tmp_path / "full")]) == 0
+    step, calls = strategies.Strategy.step, []
+
+    def interrupted_in_epoch_2(self, *a):  # 3 steps an epoch: Ctrl-C in the second step of epoch 2
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step(self, *a)
+
+    monkeypatch.setattr(strategies.Strategy, "step", interrupted_in_epoch_2)
+    out = tmp_path / "interrupted"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:  # what the shell sees: `pynas` exits with it
+        main(["search", *argv, "--out", str(out)])
+    assert exit.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: the last finished epoch (1) is saved" in err and f"pynas search --resume {out}" in err
+    assert load_checkpoint(str(out / "checkpoint.pt"), "search", {})["epoch"] == 1
+    assert not (out / "genotype.txt").exists()
+    assert main(["search", "--resume", str(out), "--quiet"]) == 0  # the patched step passes the 6th call on
+    assert len(calls) == 5 + 3
+    assert_same(load_checkpoint(str(tmp_path / "full" / "checkpoint.pt"), "search", {}),
+                load_checkpoint(str(out / "checkpoint.pt"), "search", {}), "checkpoint")
+    assert [json.loads(l) for l in open(out / "metrics.jsonl")] == \
+        [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert (out / "genotype.txt").read_text() == (tmp_path / "full" / "genotype.txt").read_text()
 
 
 def test_cli_reports_bad_arguments_in_one_sentence(capsys):
