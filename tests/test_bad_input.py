@@ -188,6 +188,23 @@ def test_stale_temporaries_are_removed_and_atomic_writes_name_the_file(tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the old checkpoint")
+
+    def interrupted(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half of the new")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), interrupted)
+    assert path.read_bytes() == b"the old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+    atomic_write(str(path), lambda tmp: open(tmp, "wb").write(b"new"))
+    assert path.read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_a_full_disk_ends_the_search_in_one_line(tmp_path, capsys, monkeypatch):
     def full(obj, path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -104,7 +104,7 @@ def test_nb201_genotypes_train_the_nb201_network(tmp_path):
     assert isinstance(read_genotype(text), NB201Genotype)
     run = TrainRun(TrainConfig(genotype=text, out=str(tmp_path), C=4, layers=1, epochs=1), quiet=True)
     assert isinstance(run.model, NB201Network) and run.cfg.nesterov
-    assert 0 <= run.run()["test_acc"] <= 1
+    assert run.run()["test_acc"] == recomputed_test_accuracy(tmp_path)
 
 
 def test_train_command_writes_the_result_and_rejects_bad_input(tmp_path, capsys):
@@ -121,3 +121,66 @@ def test_train_command_writes_the_result_and_rejects_bad_input(tmp_path, capsys)
     assert main(["train", "--epochs", "0", "--out", str(tmp_path / "z"), "--quiet"]) == 2
     assert "--epochs" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+
+
+def recomputed_test_accuracy(run_dir):
+    """The test accuracy of the network in ``run_dir``'s checkpoint, counted here: one eval-mode forward of
+    the whole test set (not pynas.train's batched loop)."""
+    run = TrainRun(TrainConfig(), resume=str(run_dir), quiet=True)
+    assert run.epoch == run.cfg.epochs  # the checkpoint of the last epoch
+    x = torch.stack([run.test_data[i][0] for i in range(len(run.test_data))])
+    y = torch.tensor([int(run.test_data[i][1]) for i in range(len(run.test_data))])
+    run.model.eval()
+    with torch.no_grad():
+        logits = run.model(x)
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return int((logits.argmax(-1) == y).sum()) / len(y)
+
+
+@pytest.fixture
+def small_digits(monkeypatch):
+    """Training on a slice of the digits (the run's logic is tested, not its accuracy)."""
+    from torch.utils.data import Subset
+
+    from pynas import train
+
+    load = train.load_train_test
+
+    def small(cfg):
+        train_data, test_data, info = load(cfg)
+        return Subset(train_data, range(64)), Subset(test_data, range(48)), info
+
+    monkeypatch.setattr(train, "load_train_test", small)
+
+
+def test_ctrl_c_saves_exits_130_and_resume_continues_to_the_same_result(tmp_path, small_digits, monkeypatch, capsys):
+    from pynas import train
+
+    argv = ["--C", "4", "--layers", "3", "--epochs", "2", "--batch-size", "16", "--drop-path", "0.2", "--quiet"]
+    assert main(["train", *argv, "--out", str(tmp_path / "full")]) == 0
+    loss, calls = train.training_loss, []
+
+    def interrupted_in_epoch_2(*a):  # 4 steps an epoch: Ctrl-C in the second step of epoch 2
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return loss(*a)
+
+    monkeypatch.setattr(train, "training_loss", interrupted_in_epoch_2)
+    out = tmp_path / "interrupted"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["train", *argv, "--out", str(out)])
+    assert exit.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: the last finished epoch (1) is saved" in err and f"pynas train --resume {out}" in err
+    assert not (out / "result.json").exists()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert len(calls) == 6 + 4
+    full = json.loads((tmp_path / "full" / "result.json").read_text())
+    assert json.loads((out / "result.json").read_text()) == full
+    assert full["test_acc"] == recomputed_test_accuracy(out)
+    for a, b in zip((tmp_path / "full" / "metrics.jsonl").read_text().splitlines(),
+                    (out / "metrics.jsonl").read_text().splitlines()):
+        a, b = json.loads(a), json.loads(b)
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
