@@ -136,6 +136,25 @@ def test_gradcheck_at_fixed_noise(device, hard):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_hard_sample_is_twice_differentiable(device, dim):
+    # The hard sample's value is piecewise constant, so its finite differences are 0, not the straight-through
+    # gradient; that gradient is smooth in the logits, and its own derivative is checked by finite differences.
+    logits = torch.randn(3, 6, dtype=torch.float64, device=device, requires_grad=True)
+    hard_fn = lambda l: gumbel_softmax(l, tau=0.7, hard=True, dim=dim, generator=seeded(device, 5))
+    assert torch.autograd.gradgradcheck(hard_fn, (logits,))
+    # ... and equals the soft sample's second derivative (the straight-through rule, differentiated again).
+    soft_fn = lambda l: gumbel_softmax(l, tau=0.7, dim=dim, generator=seeded(device, 5))
+    w, v = torch.randn(2, 3, 6, dtype=torch.float64, device=device)
+    hvps = []
+    for fn in (hard_fn, soft_fn):
+        (g,) = torch.autograd.grad((w * fn(logits)).sum(), [logits], create_graph=True)
+        hvps.append(torch.autograd.grad((g * v).sum(), [logits])[0])
+    torch.testing.assert_close(hvps[0], hvps[1], rtol=1e-12, atol=1e-12)
+    assert hvps[0].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_extreme_inputs_are_distributions_one_hot_as_tau_shrinks_and_uniform_as_it_grows(device):
     logits = torch.randn(1000, 1000, device=device)
     y = gumbel_softmax(logits, generator=seeded(device))
@@ -171,8 +190,9 @@ def test_opcheck(device, hard, requires_grad):
         (logits, 0.5, hard, -1, None),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
-    soft = torch.rand(4, 8, device=device).softmax(-1)
-    opcheck(torch.ops.pynas.gumbel_softmax_backward.default, (torch.randn(4, 8, device=device), soft, 0.5, -1))
+    soft = torch.rand(4, 8, device=device).softmax(-1).requires_grad_(requires_grad)
+    grad = torch.randn(4, 8, device=device, requires_grad=requires_grad)
+    opcheck(torch.ops.pynas.gumbel_softmax_backward.default, (grad, soft, 0.5, -1))
 
 
 def test_bad_inputs_raise_naming_the_argument():

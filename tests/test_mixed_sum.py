@@ -147,9 +147,14 @@ def test_opcheck(device, per_sample, requires_grad):
     outputs = [make((2, 3, 4, 4), "contiguous", torch.float32, device).requires_grad_(requires_grad) for _ in range(3)]
     weights = make_weights(3, per_sample, 2, device).requires_grad_(requires_grad)
     opcheck(torch.ops.pynas.mixed_sum.default, (outputs, weights))
-    grad = make((2, 3, 4, 4), "channels_last", torch.float32, device)
-    opcheck(torch.ops.pynas.mixed_sum_backward.default, (grad, outputs, weights, True, True))
-    opcheck(torch.ops.pynas.mixed_sum_backward.default, (grad, outputs, weights, False, True))
+    grad = make((2, 3, 4, 4), "channels_last", torch.float32, device).requires_grad_(requires_grad)
+    # Both gradients, and each alone (the other returned undefined).
+    for outputs_grad, weights_grad in ((True, True), (False, True), (True, False)):
+        opcheck(torch.ops.pynas.mixed_sum_backward.default, (grad, outputs, weights, outputs_grad, weights_grad))
+    backward = torch.ops.pynas.mixed_sum_backward.default
+    d_outputs, d_weights = backward(grad, outputs, weights, True, True)
+    only_outputs, only_weights = backward(grad, outputs, weights, True, False)[0], backward(grad, outputs, weights, False, True)[1]
+    assert all(torch.equal(a, b) for a, b in zip(only_outputs, d_outputs)) and torch.equal(only_weights, d_weights)
 
 
 @pytest.mark.parametrize("device", DEVICES)
