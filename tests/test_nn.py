@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from pynas.arch import Architecture
-from pynas.nn import (DARTS, OPS, S2, S3, S4, MixedOp, NB201Network, SearchCell, SearchNetwork,
+from pynas.nn import (DARTS, OPS, S2, S3, S4, EvalNetwork, MixedOp, NB201Network, SearchCell, SearchNetwork,
                       minimal_cell_network, register_op, s1_from_alphas)
 from pynas.nn.ops import build_op
 
@@ -233,3 +233,53 @@ def test_networks_compute_in_channels_last_on_cpu():
     assert seen[-1].is_contiguous()
     with pytest.raises(ValueError, match="channels_last"):
         SearchNetwork(C=4, layers=3, channels_last=True)
+
+
+def _outputs_and_gradients(model, x, channels_last):
+    """Logits and the gradients of every parameter (weights and α) in one layout; the layout the last
+    cell computed in is checked."""
+    model.channels_last = channels_last
+    seen = []
+    hook = model.cells[-1].register_forward_hook(lambda m, i, out: seen.append(out))
+    out = model(x)
+    hook.remove()
+    logits = out[0] if isinstance(out, tuple) else out
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert seen[-1].is_contiguous() != channels_last
+    params = [p for p in model.parameters() if p.requires_grad]
+    return logits, torch.autograd.grad(logits.float().logsumexp(1).sum(), params), params
+
+
+def _close(a, b, tol, floor=0.0):
+    """Within ``tol`` of b's largest magnitude (or of ``floor``, for gradients that are 0 but for rounding):
+    rounding in another accumulation order."""
+    assert (a.double() - b.double()).abs().max() <= tol * max(float(b.double().abs().max()), floor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("network", ["search", "eval", "nb201-search", "nb201-child"])
+def test_channels_last_computes_the_same_math(network, dtype):
+    from pynas.genotype import DARTS_V2
+
+    torch.manual_seed(0)
+    if network == "search":
+        model = SearchNetwork(C=8, num_classes=10, layers=3, steps=2, multiplier=2)
+    elif network == "eval":
+        model = EvalNetwork(DARTS_V2, C=8, num_classes=10, layers=3, auxiliary=False)
+    elif network == "nb201-search":
+        model = NB201Network(C=8, N=1, num_classes=10)
+    else:
+        model = NB201Network(C=8, N=1, num_classes=10,
+                             genotype="|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|nor_conv_1x1~1|skip_connect~2|")
+    model = model.to(dtype)
+    x = torch.randn(8, 3, 8, 8).to(dtype)
+    logits, grads, params = _outputs_and_gradients(model, x, True)
+    nchw_logits, nchw_grads, _ = _outputs_and_gradients(model, x, False)
+    # float32: rounding apart (BN over 8 samples amplifies it); bfloat16: 8 significant bits.
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    _close(logits.detach(), nchw_logits.detach(), tol)
+    alphas = {id(a) for a in (model.arch_parameters() if hasattr(model, "arch_parameters") else ())}
+    assert len(alphas) == (2 if network == "search" else 1 if network == "nb201-search" else 0)
+    scale = max(float(g.double().abs().max()) for g in nchw_grads)
+    for p, a, b in zip(params, grads, nchw_grads):  # the weights' gradients and α's
+        _close(a, b, 3e-4 if dtype == torch.float32 else (8e-2 if id(p) not in alphas else 3e-2), 1e-3 * scale)
