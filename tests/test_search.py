@@ -1,5 +1,6 @@
 """Search strategies and runs on tiny networks."""
 import json
+import math
 
 import pytest
 import torch
@@ -254,15 +255,58 @@ def test_two_processes_end_with_identical_alpha(tmp_path):
     assert (out / "genotype.txt").read_text().startswith("Genotype(")
 
 
-def test_gpu_user_options_and_presets_run_on_cpu(tmp_path):
+def _watched_model(monkeypatch, seen):
+    """Records (dtype, channels-last) of the last cell's outputs of every training forward of a search."""
+    from pynas.search import run
+
+    build_model = run.build_model
+
+    def watched(cfg, info):
+        model = build_model(cfg, info)
+        model.cells[-1].register_forward_hook(
+            lambda m, i, out: seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)
+                                           and not out.is_contiguous())) if m.training else None)
+        return model
+
+    monkeypatch.setattr(run, "build_model", watched)
+
+
+def test_gpu_user_options_and_presets_run_on_cpu(tmp_path, small_digits, monkeypatch, capsys):
+    preset = ["search", "--preset", "single-darts-nb201", "--dataset", "digits", "--epochs", "1", "--layers", "1",
+              "--batch-size", "48", "--a-lr", "0.05", "--relaxation", "sigmoid", "--quiet"]
+    argv = [*preset, "--C", "8"]
+    seen = []
+    _watched_model(monkeypatch, seen)
     out = tmp_path / "opts"
-    assert main(["search", "--preset", "single-darts-nb201", "--dataset", "digits", "--epochs", "1", "--C", "2",
-                 "--layers", "3",
-                 "--relaxation", "sigmoid", "--amp", "bf16", "--channels-last", "--out", str(out), "--quiet"]) == 0
+    assert main([*argv, "--amp", "bf16", "--channels-last", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["space"] == "nb201" and config["method"] == "single-level" and config["w_lr"] == 0.005
-    assert config["epochs"] == 1 and config["relaxation"] == "sigmoid"
+    assert config["epochs"] == 1 and config["relaxation"] == "sigmoid" and config["a_lr"] == 0.05
     assert "|" in (out / "genotype.txt").read_text()
+    assert seen and set(seen) == {(torch.bfloat16, True)}  # every step computed in bfloat16, channels-last
+    # The same search in float32 and NCHW: α moved alike (bfloat16 rounding apart).
+    seen.clear()
+    monkeypatch.setattr("pynas.nn.layout.MIN_CHANNELS_LAST_CHANNELS", 10 ** 9)  # NCHW: no automatic channels-last
+    assert main([*argv, "--out", str(tmp_path / "fp32")]) == 0
+    assert set(seen) == {(torch.float32, False)}
+    # One step (48 samples, batch 48): its loss is the initial network's, and α's Adam step moves each entry by
+    # ±lr in the direction of its gradient's sign.
+    records = [json.loads((d / "metrics.jsonl").read_text()) for d in (out, tmp_path / "fp32")]
+    assert records[0]["train_loss"] == pytest.approx(records[1]["train_loss"], rel=2e-2)
+    alpha = [torch.load(d / "checkpoint.pt", weights_only=True)["model"]["arch.alphas.cell"]
+             for d in (out, tmp_path / "fp32")]
+    a_init = torch.full_like(alpha[1], -math.log(7))
+    steps = [a - a_init for a in alpha]
+    assert steps[1].abs().max() == pytest.approx(0.05, rel=1e-3)
+    # The same steps but where bfloat16 rounding flips the sign of a gradient near 0.
+    assert (steps[0] - steps[1]).abs().le(1e-4).float().mean() >= 0.9
+    # --channels-last without --amp: float32 in channels-last; and C < 8 is refused on that path too.
+    seen.clear()
+    assert main([*argv, "--channels-last", "--out", str(tmp_path / "cl")]) == 0
+    assert set(seen) == {(torch.float32, True)}
+    capsys.readouterr()
+    assert main([*preset, "--C", "4", "--channels-last", "--out", str(tmp_path / "small")]) == 2
+    assert "--channels-last on CPU needs --C >= 8" in capsys.readouterr().err
 
 
 def test_s1_space_from_a_darts_run(tmp_path, capsys):

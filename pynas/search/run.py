@@ -22,6 +22,7 @@ from ..errors import InputError, NonFiniteError
 from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes, read_config,
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
+from ..nn.layout import MIN_CHANNELS_LAST_CHANNELS
 from ..tensorboard import TensorBoardLogger
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, TemperatureSchedule, parse_init
@@ -190,6 +191,9 @@ class RunConfig:
             raise ValueError(f"--amp must be none or bf16, got {self.amp!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.channels_last and self.device == "cpu" and self.C < MIN_CHANNELS_LAST_CHANNELS:
+            raise ValueError(f"--channels-last on CPU needs --C >= {MIN_CHANNELS_LAST_CHANNELS} (oneDNN's channels-last "
+                             f"1x1 convolutions fail below), got --C {self.C}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but no GPU is visible")
         if self.sgas_pt and self.method != "sgas":
@@ -379,9 +383,9 @@ class SearchRun:
                          decision_freq=cfg.decision_freq,
                          choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
         self.strategy = strategy_cls(self.model, config, steps, **extra)
-        if cfg.channels_last:
+        if cfg.channels_last:  # the network's layout too (evaluation's inputs): C was checked on CPU
             self.model.to(memory_format=torch.channels_last)
-            self.strategy.channels_last = True
+            self.model.channels_last = self.strategy.channels_last = True
         if cfg.amp == "bf16":
             self.strategy.autocast_dtype = torch.bfloat16
         if cfg.compile:
