@@ -114,6 +114,10 @@ class Strategy:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         for bucket in gradient_buckets([p.grad for p in params], BUCKET_BYTES):
+            if len(bucket) == 1:  # in place: flattening one tensor would give a view of it
+                torch.distributed.all_reduce(bucket[0])
+                bucket[0].div_(world)
+                continue
             flat = torch._utils._flatten_dense_tensors(bucket)
             torch.distributed.all_reduce(flat)
             flat.div_(world)
