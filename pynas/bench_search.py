@@ -42,6 +42,9 @@ from .nn.ops import plain_forms, recompute_depthwise
 
 METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
 PATHS = ("eager", "fused")
+# The layout both paths compute in: `auto` is each path's own (fused: channels-last on CPU for
+# C >= 8, NCHW on CUDA; eager: NCHW, as public code), the others force it on both.
+LAYOUTS = ("auto", "nchw", "channels-last")
 # DARTS' CIFAR-10 search (batch 64, C = 16, 8 cells, 32x32), and a CPU-sized one.
 FULL = dict(batch_size=64, C=16, layers=8, image_size=32, warmup=2, steps=5)
 QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=3)
@@ -104,6 +107,8 @@ class EagerSupernet:
     def _forward(self, x):
         model = self.model
         shared = {}
+        if model.channels_last and x.dim() == 4:  # a layout forced on both paths (--layout channels-last)
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = model.stem(x)
         for cell in model.cells:
             cell_type = "reduce" if cell.reduction else "normal"
@@ -161,8 +166,11 @@ class EagerSupernet:
 
 
 def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, seed: int = 0,
-          steps_per_epoch: int = 1000):
-    """The supernet and strategy of ``pynas search --method method`` on 10 classes."""
+          steps_per_epoch: int = 1000, layout: str = "auto"):
+    """The supernet and strategy of ``pynas search --method method`` on 10 classes,
+    computing in ``layout`` (one of :data:`LAYOUTS`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     from .search.run import RunConfig, build_model
     from .search.strategies import METHODS as STRATEGIES, SearchConfig
 
@@ -170,6 +178,8 @@ def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, s
     cfg = RunConfig(space="darts", method=method, C=C, layers=layers, seed=seed, device=str(device))
     model = build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3)).to(device=device, dtype=dtype)
     strategy = STRATEGIES[method][0](model, SearchConfig(), steps_per_epoch)
+    if layout != "auto":
+        model.channels_last = layout == "channels-last"
     return model, strategy
 
 
@@ -224,7 +234,7 @@ def step_gradients(method: str, path: str, C: int, layers: int, image_size: int,
     train, val = make_batches(batch_size, image_size, dtype=dtype, seed=seed)
     loss = strategy.step(train, val)["loss"]
     grads = lambda params: [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    return dict(loss=[torch.tensor(loss)], weights=grads(strategy.weights), alpha=grads(strategy.alphas),
+    return dict(loss=[torch.as_tensor(loss).detach().clone()], weights=grads(strategy.weights), alpha=grads(strategy.alphas),
                 buffers=[b.clone() for b in model.buffers()])
 
 
@@ -262,10 +272,10 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
 
 
 def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
-               device="cpu", seed: int = 0, recompute_depthwise: bool = False) -> Dict[str, dict]:
+               device="cpu", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> Dict[str, dict]:
     """Seconds per search step of both paths over one model, the paths taking
     turns step by step (so drift on a shared machine favours neither)."""
-    model, strategy = build(method, C, layers, device, seed=seed)
+    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
     times = {p: [] for p in PATHS}
     for i in range(warmup + steps):
@@ -304,9 +314,9 @@ def saved_activations_mb(model, forward, batch) -> float:
 
 
 def activations_mb(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int, device="cpu",
-                   seed: int = 0, recompute_depthwise: bool = False) -> float:
+                   seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> float:
     """:func:`saved_activations_mb` of one forward along ``path``."""
-    model, strategy = build(method, C, layers, device, seed=seed)
+    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     use_path(strategy, path, recompute_depthwise=recompute_depthwise)
     return saved_activations_mb(model, strategy.forward, make_batches(batch_size, image_size, device, seed=seed)[0])
 
@@ -322,7 +332,7 @@ def _proc_status_mb(field: str) -> float:
 
 def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                    steps: int = 2, device="cpu", seed: int = 0, threads: Optional[int] = None,
-                   recompute_depthwise: bool = False, warmup: int = 0) -> dict:
+                   recompute_depthwise: bool = False, layout: str = "auto", warmup: int = 0) -> dict:
     """Peak memory of ``steps`` search steps along ``path``, in MB: CUDA max
     allocated, or on CPU the peak RSS of this process (call it in a fresh one:
     see :func:`memory_in_subprocess`); ``baseline_mb`` after the model, its
@@ -330,7 +340,7 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
     times of the steps after the first ``warmup`` (``steps_ms``)."""
     if threads:
         torch.set_num_threads(threads)
-    model, strategy = build(method, C, layers, device, seed=seed)
+    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
     use_path(strategy, path, recompute_depthwise=recompute_depthwise)
     cuda = torch.device(device).type == "cuda"
@@ -373,12 +383,12 @@ def memory_in_subprocess(method: str, path: str, **options) -> dict:
 
 
 def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
-                 device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False) -> str:
+                 device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> str:
     """torch.profiler tables of one search step after a warm-up step: the top
     operators by self time and by the memory they allocate themselves."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, strategy = build(method, C, layers, device, seed=seed)
+    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
     use_path(strategy, path, recompute_depthwise=recompute_depthwise)
     strategy.step(train, val)
@@ -397,9 +407,10 @@ def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, i
 # -- the benchmark -------------------------------------------------------------------
 
 
-def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print) -> dict:
+def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print,
+               layout: str = "auto") -> dict:
     opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
-                recompute_depthwise=recompute_depthwise)
+                recompute_depthwise=recompute_depthwise, layout=layout)
     checks = {}
     for method in methods:
         checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise)
@@ -436,7 +447,7 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         rows.append(row)
         log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
     result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
-                  size=size, recompute_depthwise=recompute_depthwise,
+                  size=size, recompute_depthwise=recompute_depthwise, layout=layout,
                   memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
                   timing=("paths alternating step by step in one process" if device == "cuda"
                           else "each path in its own process (the one measuring its memory)"),
@@ -454,7 +465,8 @@ def format_table(result: dict) -> str:
     head = (f"{result['device']} ({result['device_name']}, {result['threads']} threads), torch {result.get('torch', '?')}, "
             f"{result.get('date', '?')}: batch {s['batch_size']}, C = {s['C']}, {s['layers']} cells, "
             f"{s['image_size']}x{s['image_size']}; median of {s['steps']} steps after {s['warmup']}; "
-            f"memory: {result['memory']}" + (f"; timing: {result['timing']}" if result.get("timing") else "") + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else ""))
+            f"memory: {result['memory']}" + (f"; timing: {result['timing']}" if result.get("timing") else "") + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else "")
+            + (f"; layout: {result['layout']} (both paths)" if result.get("layout", "auto") != "auto" else ""))
     cols = [("img/s", "images_per_s", ".2f", "speedup"), ("peak MB", "peak_mb", ".0f", "memory_ratio"),
             ("+MB", "increase_mb", ".0f", "increase_ratio"), ("act. MB", "activations_mb", ".0f", "activations_ratio")]
     header = f"{'method':<14}" + "".join(f"{'eager ' + n:>14}{'fused ' + n:>14}{'fused/eager':>12}" for n, *_ in cols)
@@ -476,6 +488,8 @@ def add_arguments(parser):
                             help=f"override the size (full: {FULL[name]}, quick: {QUICK[name]})")
     parser.add_argument("--recompute-depthwise", action="store_true",
                         help="fused path: recompute depthwise conv outputs in backward (pynas.nn.ops.recompute_depthwise)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="memory layout of both paths (auto: fused channels-last on CPU, eager NCHW)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler tables of one step per method and path instead of benchmarking")
@@ -497,19 +511,21 @@ def run(args):
         shape = {k: size[k] for k in ("batch_size", "C", "layers", "image_size")}
         for method in args.methods:
             for path in PATHS:
-                print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise, **shape),
+                print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise,
+                                   layout=args.layout, **shape),
                       flush=True)
         return 0
     # No keep_freed_memory() here (the ops benchmark's): glibc's default, as users
     # run it; with every block below 1 GB on the heap a batch-64 run passed 24 GB.
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
+                        log=lambda m: print(m, file=sys.stderr, flush=True), layout=args.layout)
     result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
                   quick=args.quick)
     print(format_table(result), flush=True)
     if args.out:
         name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"
+                f"{'' if args.layout == 'auto' else '-' + args.layout}"
                 f"-{stamp:%Y%m%d}.json")
         path = os.path.join(args.out, name)
         write_json(path, result)

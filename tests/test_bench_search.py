@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pynas.bench_search import (METHODS, EagerSupernet, build, check_paths, make_batches, memory_in_subprocess,
+from pynas.bench_search import (METHODS, EagerSupernet, build, check_paths, make_batches, memory_in_subprocess, saved_activations_mb,
                                  step_gradients, threads)
 from pynas.cli import main
 from pynas.nn import SearchNetwork
-from pynas.nn.ops import build_op, plain_forms, recompute_depthwise
+from pynas.nn.ops import build_op, default_lean, lean_forms, plain_forms, recompute_depthwise
+
+LEAN = dict(bn_output=True, pool_indices=True, sep_relu=True)  # on whatever the layout's default
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -66,7 +68,7 @@ def test_lean_training_forms_equal_the_plain_forms(name, recompute, stride):
     plain.load_state_dict(op.state_dict())
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 4, 6 // stride, 6 // stride, dtype=torch.float64)
-    with threads(1), recompute_depthwise(recompute):
+    with threads(1), lean_forms(**LEAN, depthwise=recompute):
         y = op(x)
         with plain_forms():
             y_plain = plain(x)
@@ -93,10 +95,33 @@ def test_lean_forms_keep_fewer_activations():
         model, _ = build("darts", 4, 3)
         batch = make_batches(2, 8)[0]
         eager = saved_activations_mb(model, EagerSupernet(model), batch)
-        fused = saved_activations_mb(model, model, batch)
-        with recompute_depthwise(True):
-            recomputed = saved_activations_mb(model, model, batch)
+        with lean_forms(**LEAN):
+            fused = saved_activations_mb(model, model, batch)
+            with recompute_depthwise(True):
+                recomputed = saved_activations_mb(model, model, batch)
+        plain = saved_activations_mb(model, model, batch)  # C = 4 computes in NCHW: no lean form by default
     assert recomputed < fused < 0.6 * eager
+    assert fused < 0.7 * plain < plain < eager  # plain forms still skip `none` and the per-op ReLUs
+
+
+def test_lean_forms_default_to_on_in_channels_last_on_cpu_and_off_in_nchw():
+    x = torch.randn(2, 8, 6, 6)
+    for form in ("bn_output", "pool_indices", "sep_relu"):
+        assert default_lean(form, x.contiguous(memory_format=torch.channels_last))
+        assert not default_lean(form, x)
+    assert not default_lean("depthwise", x.contiguous(memory_format=torch.channels_last))
+    with threads(1):  # the network's CPU default (C >= 8: channels-last) keeps the lean forms' activations
+        model, _ = build("darts", 8, 3)
+        batch = make_batches(2, 8)[0]
+        auto = saved_activations_mb(model, model, batch)
+        model.channels_last = False
+        nchw = saved_activations_mb(model, model, batch)
+        with lean_forms(**LEAN):
+            nchw_lean = saved_activations_mb(model, model, batch)
+    assert auto == pytest.approx(nchw_lean) and auto < 0.7 * nchw
+    with pytest.raises(ValueError, match="unknown form"):
+        with lean_forms(bn=True):
+            pass
 
 
 def test_cpu_peak_memory_is_the_measuring_process_own():

@@ -10,12 +10,13 @@ Operations whose first layer is a ReLU expose ``relu_first = True`` and
 of them (the same math with one activation in memory instead of several).
 
 In training, the operations keep fewer tensors for backward than their plain
-PyTorch forms, with the same math (see "Lean training forms" below);
-:func:`plain_forms` switches that off (the eager reference of ``pynas bench search``).
+PyTorch forms, with the same math (see "Lean training forms" below), each form a
+choice of :func:`lean_forms` with a default per device and layout;
+:func:`plain_forms` switches them all off (the eager reference of ``pynas bench search``).
 On CPU the networks compute in channels-last (:mod:`pynas.nn.layout`).
 """
 import contextlib
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -44,9 +45,68 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 # Weighted layers stay autograd's own nodes (a custom Function cannot tell which
 # gradients a backward asks for, so it would compute weight gradients in the α
 # step); what they keep is replaced by a recipe through saved-tensor hooks.
+#
+# Each trade is a choice (lean_forms): True, False, or None for the default of
+# the device and layout the operation runs in (default_lean):
+# - CPU, channels-last (the networks' CPU default): every form but `depthwise`.
+#   Measured (benchmarks/README.md): fused with them beats eager in channels-last.
+# - CPU, NCHW: none. There the recomputations made the fused step slower than
+#   eager in NCHW (0.81x: oneDNN's NCHW pools and depthwise convs are slow, so
+#   doing them again in backward costs more than the fused sums save); the plain
+#   forms run what eager runs minus `none`, the per-op ReLUs and the Python sums.
+# - CUDA (networks stay NCHW): every form but `depthwise`. What they recompute
+#   is elementwise or a 3x3 pool, memory-bound work a few percent the size of a
+#   step's convolutions, and they are what brings activations to ~0.5x eager's
+#   (the GPU memory target, <= 0.6x); `depthwise` recomputes convolutions, so it
+#   stays a switch for when memory limits the batch. To be confirmed by the first
+#   GPU run (benchmarks/gpu_check.sh reports fused vs eager).
 
+LEAN_FORMS = ("bn_output", "pool_indices", "sep_relu", "depthwise")
 _PLAIN = False
-_RECOMPUTE_DEPTHWISE = False
+_CHOICES: Dict[str, Optional[bool]] = {"bn_output": None, "pool_indices": None, "sep_relu": None, "depthwise": False}
+
+
+@contextlib.contextmanager
+def lean_forms(**choices: Optional[bool]):
+    """Within the block, each named memory-for-time trade is on (True), off
+    (False) or the device's default (None; see :func:`default_lean`):
+
+    - ``bn_output``: affine-free BatchNorm keeps its output, not its input;
+    - ``pool_indices``: max pools recompute their indices in backward;
+    - ``sep_relu``: the ReLU inside a sep_conv is recomputed in backward;
+    - ``depthwise``: depthwise conv outputs are recomputed in backward (default off).
+
+    The decisions are taken in the forward pass."""
+    unknown = set(choices) - set(LEAN_FORMS)
+    if unknown:
+        raise ValueError(f"lean_forms: unknown form(s) {sorted(unknown)}; known: {LEAN_FORMS}")
+    before = dict(_CHOICES)
+    _CHOICES.update({k: None if v is None else bool(v) for k, v in choices.items()})
+    try:
+        yield
+    finally:
+        _CHOICES.clear()
+        _CHOICES.update(before)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.stride(1) == 1 and x.size(1) > 1 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def default_lean(form: str, x: torch.Tensor) -> bool:
+    """Whether ``form`` is on by default for input ``x`` (see the comment above)."""
+    if form == "depthwise":
+        return False
+    if x.device.type == "cpu":
+        return _channels_last(x)
+    return True
+
+
+def _use(form: str, module: nn.Module, x: torch.Tensor) -> bool:
+    if not _lean(module, x):
+        return False
+    choice = _CHOICES[form]
+    return default_lean(form, x) if choice is None else choice
 
 
 @contextlib.contextmanager
@@ -61,16 +121,10 @@ def plain_forms():
         _PLAIN = before
 
 
-@contextlib.contextmanager
 def recompute_depthwise(enabled: bool = True):
     """Within the block, depthwise conv outputs are (or are not) recomputed in
-    backward instead of kept (the decision is taken in the forward pass)."""
-    global _RECOMPUTE_DEPTHWISE
-    before, _RECOMPUTE_DEPTHWISE = _RECOMPUTE_DEPTHWISE, bool(enabled)
-    try:
-        yield
-    finally:
-        _RECOMPUTE_DEPTHWISE = before
+    backward instead of kept: ``lean_forms(depthwise=enabled)``."""
+    return lean_forms(depthwise=enabled)
 
 
 def _lean(module: nn.Module, x: torch.Tensor) -> bool:
@@ -119,7 +173,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     output for backward instead of its input."""
 
     def forward(self, x):
-        if self.affine or not self.track_running_stats or not _lean(self, x):
+        if self.affine or not self.track_running_stats or not _use("bn_output", self, x):
             return super().forward(x)
         self._check_input_dim(x)
         self.num_batches_tracked.add_(1)
@@ -162,7 +216,7 @@ class MaxPool2d(nn.MaxPool2d):
     def forward(self, x):
         args = _pool_args(self)
         if (args is None or self.dilation != 1 or self.ceil_mode or self.return_indices or x.dim() != 4
-                or not _lean(self, x)):
+                or not _use("pool_indices", self, x)):
             return super().forward(x)
         return _MaxPoolRecomputed.apply(x, *args)
 
@@ -233,12 +287,13 @@ class DepthwiseSeparable(nn.Sequential):
 
     def forward(self, x, relu: bool = False):
         dw, pw, bn = self
-        if not _lean(self, x):
+        lean_relu, lean_dw = relu and _use("sep_relu", self, x), _use("depthwise", self, x)
+        if not (lean_relu or lean_dw):
             return bn(pw(dw(F.relu(x) if relu else x)))
-        r = _ReLUKeepingInput.apply(x) if relu else x
-        with _saved_as(lambda: F.relu(x), [x], which=r) if relu else contextlib.nullcontext():
+        r = (_ReLUKeepingInput.apply(x) if lean_relu else F.relu(x)) if relu else x
+        with _saved_as(lambda: F.relu(x), [x], which=r) if lean_relu else contextlib.nullcontext():
             h = dw(r)
-        if not _RECOMPUTE_DEPTHWISE:
+        if not lean_dw:
             return bn(pw(h))
         recompute = lambda: F.conv2d(F.relu(x) if relu else x, dw.weight, None, dw.stride, dw.padding, dw.dilation,
                                      dw.groups)
@@ -290,7 +345,7 @@ class SepConv(ReLUFirst):
         ))
 
     def after_relu(self, x):
-        if not _lean(self, x):
+        if not (_use("sep_relu", self, x) or _use("depthwise", self, x)):
             return self.body(x)
         first, _, second = self.body
         return second(first(x), relu=True)  # the ReLU between the pairs is recomputed in backward
