@@ -91,3 +91,49 @@ def test_select_operation_phase_only_with_the_loss_criterion(darts_run, tmp_path
             alpha = alphas[f"arch.alphas.{r['cell_type']}"][r["edge"]].clone()
             alpha[DARTS.ops.index("none")] = -float("inf")
             assert r["chosen"] == DARTS.ops[int(alpha.argmax())]
+
+
+def test_the_darts_cifar10_preset_reaches_the_optimisers(tmp_path):
+    from pynas.search.presets import PRESETS
+
+    out = tmp_path / "preset"
+    assert main(["search", "--preset", "darts-cifar10", "--dataset", "digits", "--epochs", "1", *TINY,
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    overridden = {"dataset", "epochs", "C", "layers", "steps", "batch_size"}
+    for key, value in PRESETS["darts-cifar10"].items():
+        want = list(value) if isinstance(value, tuple) else value
+        assert config[key] == (want if key not in overridden else config[key]), key
+    assert (config["dataset"], config["C"], config["batch_size"]) == ("digits", 2, 256)
+    strategy = torch.load(out / "checkpoint.pt", weights_only=True)["strategy"]
+    a_group, w_group = strategy["a_opt"]["param_groups"][0], strategy["w_opt"]["param_groups"][0]
+    # DARTS' α Adam (not the digits' default lr 0.15) and its weight SGD, cosine from 0.025 to 0.001 over 1 epoch.
+    assert (a_group["lr"], tuple(a_group["betas"]), a_group["weight_decay"]) == (3e-4, (0.5, 0.999), 1e-3)
+    assert (w_group["momentum"], w_group["weight_decay"], w_group["initial_lr"]) == (0.9, 3e-4, 0.025)
+    assert w_group["lr"] == pytest.approx(0.001)
+
+
+def test_compile_in_training_mode_runs_the_compiled_supernet(tmp_path, monkeypatch):
+    # Dynamo and AOTAutograd (forward and backward graphs) through the aot_eager backend: the search's own
+    # wiring of --compile is tested, not Inductor's code generation (tests/test_compile.py has that).
+    compile, compiled_calls = torch.compile, []
+
+    def aot_eager(model, **kw):
+        fn = compile(model, backend="aot_eager", fullgraph=True)
+        return lambda *a: compiled_calls.append(torch.is_grad_enabled()) or fn(*a)
+
+    from torch.utils.data import Subset
+
+    from pynas.search import run
+
+    search_data = run.search_data  # 2 steps of 32 and a 32-image evaluation: one shape, few graphs
+    monkeypatch.setattr(run, "search_data", lambda cfg: (lambda t, v, i: (Subset(t, range(64)), Subset(v, range(32)), i))(
+        *search_data(cfg)))
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    argv = ["search", "--method", "single-level", "--space", "s2", "--epochs", "1", *TINY, "--batch-size", "32"]
+    assert main([*argv, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    assert compiled_calls and all(compiled_calls)  # every training step's forward, with autograd
+    assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("compiled", "eager"))
+    for name in a:  # the same steps: weights and α agree to float32 rounding
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
