@@ -107,6 +107,9 @@ class TrainConfig:
                 raise ValueError(f"--{_flag(name)} must be non-negative, got {getattr(self, name)}")
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if self.dataset == "digits" and self.cutout:
+            raise ValueError("--cutout applies to the image datasets (cifar10, cifar100, svhn); the embedded "
+                             "digits are 8x8 and take no augmentation")
         if self.lr_min > self.lr:
             raise ValueError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
 

@@ -438,3 +438,12 @@ def test_pt_selection_checkpoints_know_their_method(runs, tmp_path, capsys):
     assert str(path) in err and "'pt-mag'" in err
     path.write_bytes(os.urandom(1000))
     assert str(path) in one_line_error(capsys, main([*argv, "--method", "pt-mag"]))
+
+
+def test_cutout_on_the_digits_is_refused_not_ignored(tmp_path, capsys):
+    from pynas.cli import main
+
+    assert main(["search", "--cutout", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "--cutout" in capsys.readouterr().err
+    assert main(["train", "--cutout", "4", "--out", str(tmp_path / "t")]) == 2
+    assert "--cutout" in capsys.readouterr().err

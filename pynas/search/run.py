@@ -183,6 +183,9 @@ class RunConfig:
             self.prob_grad_cells()
             if self.space == "nb201":
                 raise ValueError("--log-prob-grad needs a DARTS-style space, not nb201")
+        if self.cutout and self.dataset == "digits":
+            raise ValueError("--cutout applies to the image datasets (cifar10, cifar100, svhn); the embedded digits "
+                             "are 8x8 and take no augmentation")
         if self.keep_every < 0:
             raise ValueError(f"--keep-every must be >= 0 (0: keep only the latest checkpoint), got {self.keep_every}")
         if self.batch_increase < 0 or self.first_decision < 0:
