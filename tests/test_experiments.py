@@ -1,0 +1,117 @@
+"""Every reproduction script in experiments/ runs end to end in --smoke mode and writes its table with the rows
+the paper's table has, filled with numbers read from the pynas runs it made (not typed in)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke(script, tmp_path):
+    out = tmp_path / script
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", f"{script}.py"), "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / f"{script}.json") as f:
+        table = json.load(f)
+    assert table["mode"] == "smoke" and "SMOKE" in table["notes"][0]
+    assert (out / f"{script}.md").read_text().startswith("## ")
+    assert any(name.endswith(".png") for name in os.listdir(out))
+    assert table["commands"] and all(c.startswith("python -m pynas ") for c in table["commands"])
+    return table, out
+
+
+def is_percent(x):
+    return isinstance(x, float) and 0 <= x <= 100 and not math.isnan(x)
+
+
+def test_darts_pt_table2(tmp_path):
+    table, out = smoke("darts_pt_table2", tmp_path)
+    assert [(r["supernet"], r["selection"]) for r in table["rows"]] == [
+        (s, sel) for s in ("DARTS", "SDARTS-RS", "SGAS") for sel in ("magnitude (α)", "PT")]
+    for r in table["rows"]:
+        result = json.load(open(out / f"train-{r['supernet']}-{'pt' if r['selection'] == 'PT' else 'magnitude'}"
+                                      f"-seed0" / "result.json"))
+        assert r["test_error"] == pytest.approx(100 * (1 - result["test_acc"]))
+        assert r["params_M"] == pytest.approx(result["params_M"]) and r["genotypes"][0] == result["genotype"]
+
+
+@pytest.mark.slow
+def test_darts_pt_table3(tmp_path):
+    table, _ = smoke("darts_pt_table3", tmp_path)
+    assert [r["space"] for r in table["rows"]] == ["S1", "S2", "S3", "S4"]
+    for r in table["rows"]:
+        for col in ("DARTS", "DARTS+PT", "DARTS+PT (fix α)"):
+            assert is_percent(r[f"{col} test_error"]) and isinstance(r[f"paper {col}"], float)
+
+
+def test_darts_pt_fig5_6(tmp_path):
+    table, out = smoke("darts_pt_fig5_6", tmp_path)
+    assert [(r["space"], r["selection"]) for r in table["rows"]] == [
+        ("S2", "magnitude"), ("S2", "pt"), ("S4", "magnitude"), ("S4", "pt"), ("S2", "pt-mag")]
+    for r in table["rows"]:
+        ops = "sep_conv_3x3 skip_connect" if r["space"] == "S2" else "sep_conv_3x3 noise"
+        assert sum(r[f"normal {op}"] for op in ops.split()) == len(r["genotype"].split("normal=[")[1]
+                                                                    .split("]")[0].split("), ("))
+    for sel in ("pt", "pt-mag"):
+        row = next(r for r in table["rows"] if r["selection"] == sel)
+        trail = json.load(open(out / "s2-seed0" / f"select-{sel}" / "pt_trail.json"))
+        assert row["val_acc_after_round"][-1] == max(
+            (d for d in trail if d["phase"] == "operation"), key=lambda d: d["round"])["val_acc_after_tuning"]
+    assert (out / "fig6_val_acc_per_round.png").exists()
+
+
+def test_snas_table1(tmp_path):
+    table, _ = smoke("snas_table1", tmp_path)
+    assert [r["method"] for r in table["rows"]] == ["DARTS (2nd order)", "SNAS + mild constraint"] + [
+        f"SNAS + {lvl} constraint" for lvl in ("mild", "moderate", "aggressive")]
+    for r in table["rows"][:2]:
+        assert is_percent(r["search_acc"]) and is_percent(r["child_acc"])
+    for r in table["rows"][2:]:
+        assert is_percent(r["test_error"]) and r["params_M"] > 0 and " normal, " in r["pynas kept edges"]
+
+
+def test_single_darts_table1(tmp_path):
+    table, _ = smoke("single_darts_table1", tmp_path)
+    assert [r["method"] for r in table["rows"]] == ["DARTS", "Single-DARTS", "optimal (benchmark)"]
+    for r in table["rows"][:2]:
+        assert is_percent(r["val_acc"]) and is_percent(r["test_acc"]) and r["genotypes"][0].startswith("|")
+
+
+@pytest.mark.slow
+def test_single_darts_table5(tmp_path):
+    table, out = smoke("single_darts_table5", tmp_path)
+    assert len(table["rows"]) == 15
+    assert {r["method"] for r in table["rows"]} == {"DARTS", "Single-DARTS"}
+    assert all(is_percent(r["test_acc"]) for r in table["rows"])
+    config = json.load(open(out / "Single-DARTS-sigmoid__=0-seed0" / "config.json"))
+    assert config["relaxation"] == "sigmoid" and config["a_init"] == "zeros"
+
+
+def test_wiring_patterns(tmp_path):
+    table, out = smoke("wiring_patterns", tmp_path)
+    assert [r["experiment"].split(" ")[0] for r in table["rows"]] == ["P1", "P2", "P3", "Fig.", "Fig."]
+    for p, r in zip(("P1", "P2", "P3"), table["rows"]):
+        run = "dsnas" if p != "P3" else "darts"
+        verdict = {v["pattern"]: v for v in json.load(open(out / f"{run}-seed0-evolution" / "evolution.json"))[
+            "verdicts"]}[p]
+        assert r["holds"] == [verdict["holds"]]
+    assert all(0 <= s <= 1 for r in table["rows"][3:] for s in r["positive_share"])
+
+
+def test_cell_topology(tmp_path):
+    table, _ = smoke("cell_topology", tmp_path)
+    fig1 = {r["cell"]: r for r in table["rows"] if r["part"] == "Fig. 1"}
+    assert set(fig1) == {"DARTS_V2", "NASNet", "AmoebaNet", "SNAS_mild"}
+    # pynas' topology analysis gives the paper's Fig. 1 values
+    assert all(r["pynas width, depth"] == r["paper width, depth"] for r in fig1.values())
+    trained = [r for r in table["rows"] if r["part"] != "Fig. 1"]
+    assert [r["cell"] for r in trained] == ["DARTS_V2 original"] + [
+        f"DARTS_V2 {k} C{i}" for k in ("connections", "operations") for i in (1, 2)]
+    assert all(is_percent(r["test_acc"]) for r in trained)
