@@ -50,7 +50,7 @@ def main(argv=None):
     jobs = [(m, c, seed) for m, c in configs for seed in args.seeds]
 
     def slug(j):
-        return f"{j[0]}-{''.join(ch if ch.isalnum() else '_' for ch in j[1])}-seed{j[2]}"
+        return f"{j[0]}-{''.join(ch if ch.isascii() and ch.isalnum() else '_' for ch in j[1])}-seed{j[2]}"
 
     dirs = dict(zip(jobs, run.parallel(lambda j: run.search(slug(j), BASE[j[0]][0], BASE[j[0]][1] + CONFIGS[j[1]],
                                                             j[2], ["--layers", "3"]), jobs)))

@@ -90,7 +90,7 @@ def test_single_darts_table5(tmp_path):
     assert len(table["rows"]) == 15
     assert {r["method"] for r in table["rows"]} == {"DARTS", "Single-DARTS"}
     assert all(is_percent(r["test_acc"]) for r in table["rows"])
-    config = json.load(open(out / "Single-DARTS-sigmoid__=0-seed0" / "config.json"))
+    config = json.load(open(out / "Single-DARTS-sigmoid____0-seed0" / "config.json"))
     assert config["relaxation"] == "sigmoid" and config["a_init"] == "zeros"
 
 
