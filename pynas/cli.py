@@ -191,6 +191,10 @@ def _select(args):
         cfg, model, train_data, val_data = load_run(args.run, args.epoch)
         if args.method in ("magnitude", "snas", "nb201"):
             genotype = select_by_rule(model, args.method)
+            from .io import write_text
+
+            out = args.out or os.path.join(args.run, f"select-{args.method}")
+            write_text(os.path.join(out, "genotype.txt"), genotype + "\n")
         else:
             out = args.out or os.path.join(args.run, f"select-{args.method}")
             import torch

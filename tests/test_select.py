@@ -244,3 +244,46 @@ def test_pt_keeps_the_searchs_alpha_optimiser_and_a_constant_lr(tmp_path):
     pt.fine_tune(2)
     assert pt.strategy.w_opt.param_groups[0]["lr"] == pytest.approx(0.0025)
     assert all(float(s["step"]) > steps_before[0] for s in pt.strategy.a_opt.state.values())
+
+
+def test_pt_tunes_a_supernet_whose_normal_cells_no_longer_reach_the_loss(tmp_path):
+    # S4 with two nodes: once every reduction edge keeps `noise` (which ignores its input), nothing of the normal
+    # cell reaches the loss and its α has no gradient; fine-tuning must go on (α's step sees zeros there).
+    torch.manual_seed(0)
+    model = SearchNetwork(C=2, num_classes=10, layers=3, steps=2, multiplier=2, in_channels=1, space="s4")
+    for e in range(4):
+        model.arch.fix_op("reduce", e, "noise")
+    model.arch.remove_edge("reduce", 4)
+    _, train, val = tiny_setup()
+    pt = PTSelection(model, train, val, str(tmp_path), tune_epochs=1, batch_size=64, val_batches=1,
+                     log=lambda *a: None)
+    normal = model.arch.alphas["normal"].detach().clone()
+    pt.fine_tune(1)
+    # Adam with a zero gradient moves α only by its weight decay: towards 0, by a factor of at most (1 − lr·wd)-ish.
+    assert torch.allclose(model.arch.alphas["normal"].detach(), normal, atol=5e-3)
+
+
+def test_rule_selection_writes_its_genotype_and_evaluate_reads_nb201_runs(tmp_path, capsys):
+    from pynas.genotype import NB201Genotype
+    from pynas.nn import NB201Network
+    from pynas.search.run import load_run
+    from pynas.select import genotype_in_place_of_alpha
+
+    run = tmp_path / "nb201"
+    assert main(["search", "--space", "nb201", "--epochs", "1", "--C", "2", "--layers", "3", "--batch-size", "256",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--run", str(run), "--method", "nb201", "--out", str(tmp_path / "sel")]) == 0
+    text = (tmp_path / "sel" / "genotype.txt").read_text().strip()
+    assert capsys.readouterr().out.strip() == f"genotype: {text}" and text == (run / "genotype.txt").read_text().strip()
+    assert main(["evaluate", "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    # The child inside the supernet equals the supernet with each edge's argmax op alone at weight 1.
+    _, model, _, val = load_run(str(run))
+    genotype = NB201Genotype.parse(text)
+    with genotype_in_place_of_alpha(model, genotype):
+        w = model.arch.weights("cell").weights
+    assert isinstance(model, NB201Network) and torch.equal(w.sum(-1), torch.ones(6))
+    chosen = [model.arch.ops[k] for k in w.argmax(-1).tolist()]
+    assert chosen == [op for node in genotype.nodes for op, _ in node]
+    assert "child (supernet weights, no fine-tuning)" in printed

@@ -520,7 +520,8 @@ class SearchRun:
             entropy = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(q.size(-1))
             print(f"{cell_type} cells: mean normalised entropy {float(entropy.mean()):.3f}, "
                   f"mean largest probability {float(q.max(-1).values.mean()):.3f}")
-        print(f"genotype ({method_rule(self.cfg.method)} rule): {genotype}")
+        rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{method_rule(self.cfg.method)} rule"
+        print(f"genotype ({rule}): {genotype}")
         pictures = self.draw_cells(genotype)
         if pictures:
             print(f"cells drawn: {', '.join(pictures)}")

@@ -151,9 +151,11 @@ class Strategy:
     def arch_step(self, train_batch: Batch, val_batch: Batch) -> None:
         self.a_opt.zero_grad(set_to_none=True)
         loss, _ = self.loss(val_batch)
-        grads = torch.autograd.grad(loss, self.alphas)
+        # A cell type's α can be cut off the loss (e.g. DARTS-PT leaving only `noise` ops downstream of it):
+        # its gradient is then zero.
+        grads = torch.autograd.grad(loss, self.alphas, allow_unused=True)
         for a, g in zip(self.alphas, grads):
-            a.grad = g
+            a.grad = _zero_if_none(g, a)
         self.sync(self.alphas)
         self.arch_optimizer_step()
 

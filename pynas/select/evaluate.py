@@ -6,7 +6,7 @@ import os
 import torch
 
 from ..errors import InputError, quoted
-from ..genotype import GENOTYPES, Genotype
+from ..genotype import GENOTYPES, Genotype, NB201Genotype
 from ..nn.cells import cell_edges
 
 
@@ -26,12 +26,30 @@ def genotype_text(text: str, option: str = "--genotype") -> str:
     return text
 
 
-def parse_genotype(text: str) -> Genotype:
-    """A genotype from a built-in name, a file holding one, or its text (DARTS' form or JSON)."""
+def parse_genotype(text: str):
+    """A genotype from a built-in name, a file holding one, or its text (DARTS' form,
+    JSON, or a NAS-Bench-201 string)."""
     if isinstance(text, str) and text in GENOTYPES:
         return GENOTYPES[text]
     content = genotype_text(text).strip()
+    if content.startswith("|"):
+        return NB201Genotype.parse(content)
     return Genotype.from_json(content) if content.startswith("{") else Genotype.parse(content)
+
+
+def nb201_mask(arch, genotype: NB201Genotype):
+    """The ``[6, K]`` mask of a NAS-Bench-201 cell that keeps exactly the genotype's operations."""
+    if arch.cell_types != ("cell",):
+        raise ValueError("a NAS-Bench-201 genotype needs a NAS-Bench-201 supernet")
+    mask = torch.zeros_like(arch.mask("cell"))
+    row = 0
+    for node in genotype.nodes:  # rows node by node, inputs ascending (as derive_nb201 reads them)
+        for op, j in sorted(node, key=lambda p: p[1]):
+            if op not in arch.ops:
+                raise ValueError(f"genotype operation {op!r} is not in the supernet's space")
+            mask[row + j, arch.ops.index(op)] = True
+        row += len(node)
+    return mask
 
 
 def genotype_masks(arch, genotype: Genotype, steps: int, inputs: int = 2):
@@ -57,8 +75,11 @@ def genotype_in_place_of_alpha(model, genotype: Genotype):
     """Within the block, the supernet computes the child network of ``genotype``:
     each kept operation at weight 1 (one available op per edge under softmax; a
     sigmoid supernet is read through softmax too, since sigmoid(α) < 1)."""
-    cell = model.cells[0]
-    masks = genotype_masks(model.arch, genotype, cell.steps, cell.inputs)
+    if isinstance(genotype, NB201Genotype):
+        masks = {"cell": nb201_mask(model.arch, genotype)}
+    else:
+        cell = model.cells[0]
+        masks = genotype_masks(model.arch, genotype, cell.steps, cell.inputs)
     saved = {t: model.arch.mask(t).clone() for t in masks}
     relaxation = model.arch.relaxation
     try:
