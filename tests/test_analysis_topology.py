@@ -303,7 +303,7 @@ def test_landscape_command_writes_plots_and_json(tmp_path, capsys):
     (["variants", "--genotype", "DARTS_V2", "--kind", "operations", "--ops", "skip_connect,warp"], "--ops"),
     (["variants", "--genotype", "/no/such/file.txt"], "--genotype"),
     (["landscape", "--genotype", "DARTS_V2", "--checkpoint", "/no/such/ckpt.pt"], "--checkpoint"),
-    (["landscape", "--genotype", "DARTS_V2", "--batches", "1"], "--batches"),
+    (["landscape", "--genotype", "DARTS_V2", "--batches", "0"], "--batches"),
     (["landscape", "--genotype", "DARTS_V2", "--steps", "4"], "--steps"),
 ])
 def test_bad_input_exits_2_naming_the_argument(argv, named, tmp_path, capsys):
