@@ -266,13 +266,7 @@ def bar_plot(path, labels, series, ylabel, title):
         ax.bar(xs, [v for v in values if v is not None], width, label=legend)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, ylabel, title)
 
 
 def line_plot(path, curves, xlabel, ylabel, title):
@@ -282,6 +276,11 @@ def line_plot(path, curves, xlabel, ylabel, title):
     for legend, (xs, ys) in curves.items():
         ax.plot(xs, ys, marker="o", label=legend)
     ax.set_xlabel(xlabel)
+    return _finish(plt, fig, ax, path, ylabel, title)
+
+
+def _finish(plt, fig, ax, path, ylabel, title):
+    """Labels, legend and the PNG of a finished plot."""
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
