@@ -66,5 +66,6 @@ def test_presets_carry_the_numbers_the_papers_state():
     nb201 = PRESETS["single-darts-nb201"]
     assert nb201["w_lr"] == 0.005 and float(nb201["a_init"]) == pytest.approx(-1.9459101490553132)
     assert nb201["space"] == "nb201" and nb201["layers"] // 3 == 5
-    assert re.fullmatch(r"darts-pt-s[1-4](-fixed-alpha)?", "darts-pt-s4-fixed-alpha")
+    darts_pt = {name for name in PRESETS if re.fullmatch(r"darts-pt-s[1-4](-fixed-alpha)?", name)}
+    assert len(darts_pt) == 8 and all(PRESETS[n]["space"] == n.split("-")[2] for n in darts_pt)  # 001 App. A.2
     assert PRESETS["sgas-cifar10"]["first_decision"] + 7 * PRESETS["sgas-cifar10"]["decision_freq"] == 45
