@@ -16,6 +16,10 @@ chosen by name, maps α to the weights every :class:`~pynas.nn.MixedOp` feeds to
 A boolean mask per cell type fixes an edge to one operation, removes an
 operation or removes an edge (perturbation-based selection); masked entries get
 weight 0 and are never run.
+
+With ``edge_normalisation`` (PC-DARTS Sec. 3.3) each cell type also has β, one
+parameter per edge: each node's incoming edges are weighted by softmax(β) over
+them (:meth:`Architecture.edge_weights`), in the forward and in derivation.
 """
 import contextlib
 import math
@@ -110,10 +114,12 @@ DEFAULT_SCHEDULES = {
 @dataclass
 class EdgeWeights:
     """Relaxed weights of one cell type: ``weights`` ``[E, K]`` (or ``[B, E, K]``)
-    and, per edge, the columns to run (None: every available one)."""
+    and, per edge, the columns to run (None: every available one); ``edge``: the
+    ``[E]`` edge-normalisation weights (PC-DARTS), None without β."""
 
     weights: torch.Tensor
     active: Optional[List[Optional[List[int]]]] = None
+    edge: Optional[torch.Tensor] = None
 
 
 class Architecture(nn.Module):
@@ -131,11 +137,15 @@ class Architecture(nn.Module):
             input sample: ``[B, E, K]`` weights).
         schedule: the temperature schedule of the Gumbel relaxations.
         generator: the ``torch.Generator`` samples are drawn from.
+        edge_normalisation: PC-DARTS' β per edge (``betas``, 1e-3·N(0, 1) as its
+            code initialises them), normalised over each node's incoming edges.
+        inputs: the cells' input nodes (1 or 2): which edges share a node, for β.
     """
 
     def __init__(self, space, num_edges: int, cell_types: Sequence[str] = ("normal", "reduce"),
                  relaxation: str = "softmax", init="normal", sample_per: str = "forward",
-                 schedule: Optional[TemperatureSchedule] = None, generator: Optional[torch.Generator] = None):
+                 schedule: Optional[TemperatureSchedule] = None, generator: Optional[torch.Generator] = None,
+                 edge_normalisation: bool = False, inputs: int = 2):
         super().__init__()
         if relaxation not in RELAXATIONS:
             raise ValueError(f"Architecture: `relaxation` must be one of {RELAXATIONS}, got {relaxation!r}")
@@ -148,6 +158,10 @@ class Architecture(nn.Module):
         self.temperature = self.schedule(0.0) if self.schedule else 1.0
         K = len(self.space.ops)
         self.alphas = nn.ParameterDict({t: nn.Parameter(self._initial(init, num_edges, K)) for t in self.cell_types})
+        # Drawn after α: a supernet with β starts from the α of one without.
+        self.betas = (nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(num_edges)) for t in self.cell_types})
+                      if edge_normalisation else None)
+        self.node_edges = _node_edges(num_edges, inputs) if edge_normalisation else None
         for t in self.cell_types:
             self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
         self._dropped: Dict[str, torch.Tensor] = {}
@@ -259,6 +273,28 @@ class Architecture(nn.Module):
         deterministic = "sigmoid" if self.relaxation == "sigmoid" else "softmax"
         return relax(self.alphas[cell_type], self.mask(cell_type), deterministic).weights
 
+    def edge_weights(self, cell_type: str) -> Optional[torch.Tensor]:
+        """PC-DARTS' edge normalisation (Sec. 3.3): ``[E]``, softmax(β) over each
+        node's incoming edges that the mask leaves (a removed edge gets 0); None
+        without β."""
+        if self.betas is None:
+            return None
+        self._check_type(cell_type)
+        beta, present = self.betas[cell_type], self.mask(cell_type).any(-1)
+        nodes = [slice(rows[0], rows[-1] + 1) for rows in self.node_edges]  # a node's edges are consecutive rows
+        # A node whose every edge is removed keeps finite logits (as _masked_logits): no NaN reaches β's gradient.
+        node_alive = torch.cat([present[n].any().expand(n.stop - n.start) for n in nodes])
+        logits = beta.masked_fill(~present & node_alive, float("-inf"))
+        weights = torch.cat([logits[n].softmax(-1) for n in nodes])
+        return torch.where(present, weights, torch.zeros_like(weights))
+
+    def derivation_weights(self, cell_type: str) -> torch.Tensor:
+        """What derivation rules rank: :meth:`probabilities`, times each edge's
+        :meth:`edge_weights` with β (PC-DARTS' ``genotype()``: softmax(α)·softmax(β))."""
+        p = self.probabilities(cell_type)
+        edge = self.edge_weights(cell_type)
+        return p if edge is None else p * edge.unsqueeze(-1)
+
     def weights(self, cell_type: str, batch_size: Optional[int] = None) -> EdgeWeights:
         """Fresh relaxed weights of one cell type (a new sample for the stochastic
         relaxations); ``[B, E, K]`` when ``sample_per == "sample"``."""
@@ -296,7 +332,7 @@ class Architecture(nn.Module):
             noise = self._noise.get(t)
             if noise is not None:
                 w = _clip_renormalise(w + noise.to(w), self.mask(t))
-            out[t] = self._drop(t, EdgeWeights(w, active[t]))
+            out[t] = self._drop(t, EdgeWeights(w, active[t], self.edge_weights(t)))
         return out
 
     def _draw(self, cell_type, batch_size):
@@ -310,7 +346,7 @@ class Architecture(nn.Module):
         keep = self.mask(cell_type) & ~dropped
         active = w.active if w.active is not None else [list(range(len(self.ops)))] * self.num_edges
         active = [[k for k in row if keep[e, k]] for e, row in enumerate(active)]
-        return EdgeWeights(w.weights.masked_fill(dropped.to(w.weights.device), 0.0), active)
+        return EdgeWeights(w.weights.masked_fill(dropped.to(w.weights.device), 0.0), active, w.edge)
 
     # -- hard samples drawn one forward ahead ----------------------------------
     @contextlib.contextmanager
@@ -403,6 +439,18 @@ class Architecture(nn.Module):
     def extra_repr(self):
         return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "
                 f"relaxation={self.relaxation}, sample_per={self.sample_per}")
+
+
+def _node_edges(num_edges: int, inputs: int) -> List[List[int]]:
+    """Per intermediate node, the rows of its incoming edges (node k has ``inputs + k``)."""
+    groups, row, n = [], 0, inputs
+    while row < num_edges:
+        groups.append(list(range(row, row + n)))
+        row, n = row + n, n + 1
+    if row != num_edges:
+        raise ValueError(f"Architecture: {num_edges} edges do not form a cell with {inputs} input nodes "
+                         f"(edge normalisation needs each node's incoming edges)")
+    return groups
 
 
 def relax(alpha: torch.Tensor, mask: torch.Tensor, relaxation: str, temperature: float = 1.0,

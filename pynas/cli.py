@@ -72,7 +72,8 @@ def _add_search_arguments(parser):
     g.add_argument("--cost-estimator", choices=ESTIMATORS, default=d.cost_estimator)
     g.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
                    help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="sgas: weights-only epochs")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="weights-only epochs before α trains (sgas; pc-darts-cifar10: 15) (default: %(default)s)")
     g.add_argument("--first-decision", type=int, default=d.first_decision, help="sgas: epochs before the first decision")
     g.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
     g.add_argument("--batch-increase", type=int, default=d.batch_increase, help="sgas: batch growth per decision")
@@ -80,6 +81,9 @@ def _add_search_arguments(parser):
                    help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
     g.add_argument("--pt-val-batches", type=int, default=None,
                    help="sgas --pt: validation batches per measurement (default: all)")
+    g.add_argument("--partial-channels", type=int, default=d.partial_channels, metavar="K",
+                   help="PC-DARTS: each edge's operations see 1/K of the channels (the rest bypass them) and β "
+                        "normalises each node's edges; soft methods only, K divides --C (default: %(default)s)")
     g.add_argument("--log-grad-correlation", action="store_true",
                    help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
     g.add_argument("--log-prob-grad", default=None, metavar="CELLS",

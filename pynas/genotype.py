@@ -322,10 +322,11 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
 
 def derive_genotype(arch, rule: str = "darts") -> Genotype:
     """The genotype of an :class:`~pynas.arch.Architecture` with ``normal`` and
-    ``reduce`` cells, read from its deterministic relaxation of α."""
+    ``reduce`` cells, read from its deterministic relaxation of α (times each
+    edge's normalisation weight where it has β, as PC-DARTS' ``genotype()``)."""
     cells: Dict[str, Tuple] = {}
     for cell_type in ("normal", "reduce"):
-        cells[cell_type] = derive_cell(arch.probabilities(cell_type), arch.ops, rule, mask=arch.mask(cell_type))
+        cells[cell_type] = derive_cell(arch.derivation_weights(cell_type), arch.ops, rule, mask=arch.mask(cell_type))
     return Genotype(cells["normal"][0], cells["normal"][1], cells["reduce"][0], cells["reduce"][1])
 
 

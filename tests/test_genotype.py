@@ -6,6 +6,7 @@ from pynas.arch import Architecture
 from pynas.genotype import (DARTS_V2, GENOTYPES, SNAS_MILD, SNAS_MILD_EDGE_ALL, Genotype, NB201Genotype,
                             derive_cell, derive_genotype, derive_nb201)
 from pynas.nn import DARTS, NB201, EvalNetwork
+from pynas.nn.ops import Identity
 from pynas.nn.cells import cell_edges
 
 REFERENCE_TEXT = {
@@ -163,3 +164,43 @@ def test_random_genotype_is_a_uniform_two_input_cell_of_the_space():
     # Node 2 of one cell: its input pair is always {0, 1}; the 7 operations of its first edge come up alike.
     ops = Counter(random_genotype(DARTS.ops, steps=1, seed=s).normal[0][0] for s in range(2800))
     assert set(ops) == set(DARTS.ops) - {"none"} and max(ops.values()) - min(ops.values()) < 120
+
+
+def test_drop_path_zeroes_whole_samples_of_non_identity_edges_and_scales_the_rest():
+    # DARTS' drop path: each sample's op output is dropped with probability p, kept ones scaled by
+    # 1/(1-p); identity edges are never dropped; eval mode drops nothing.
+    torch.manual_seed(0)
+    model = EvalNetwork(DARTS_V2, C=4, layers=3, auxiliary=False).double()
+    cell, p = model.cells[0], 0.3
+    outputs = []
+    hooks = [op.register_forward_hook(lambda m, i, o: outputs.append((m, o))) for ops in cell.ops for op in ops]
+    B = 600
+    s0 = torch.randn(B, 12, 4, 4, dtype=torch.float64)
+    out = cell(s0, s0, drop_prob=p)
+    dropped, seen = 0, 0
+    for n, (inputs, ops) in enumerate(zip(cell.nodes, cell.ops)):
+        produced = outputs[sum(len(o) for o in cell.ops[:n]):][:len(ops)]
+        assert [m for m, _ in produced] == list(ops)
+        # Find, per sample, the keep pattern of the node's droppable edges that reproduces it.
+        fixed = sum(h for m, h in produced if isinstance(m, Identity))
+        droppable = [h for m, h in produced if not isinstance(m, Identity)]
+        if n + 2 not in cell.concat or not droppable:
+            continue
+        c = cell.concat.index(n + 2)
+        node = out[:, c * 4:(c + 1) * 4]  # the node's channels of the cell output (C = 4)
+        patterns = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * len(droppable))
+        patterns = patterns.reshape(-1, len(droppable))
+        candidates = torch.stack([fixed + sum(k * h / (1 - p) for k, h in zip(pat, droppable)) for pat in patterns])
+        err = (candidates - node.unsqueeze(0)).flatten(2).abs().amax(-1)  # [patterns, B]
+        best = err.argmin(0)
+        assert (err.gather(0, best[None]) < 1e-12).all()  # every sample is one pattern exactly
+        chosen = patterns[best]  # [B, edges]
+        dropped += int((chosen == 0).sum())
+        seen += chosen.numel()
+    for h in hooks:
+        h.remove()
+    assert seen > 0
+    # The drop rate is p (binomial, 5 standard deviations).
+    assert abs(dropped / seen - p) < 5 * (p * (1 - p) / seen) ** 0.5
+    cell.eval()
+    assert torch.equal(cell(s0, s0, drop_prob=p), cell(s0, s0, drop_prob=0.0))

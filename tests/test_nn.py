@@ -4,8 +4,10 @@ import torch
 import torch.nn as nn
 
 from pynas.arch import Architecture
-from pynas.nn import (DARTS, OPS, S2, S3, S4, EvalNetwork, MixedOp, NB201Network, SearchCell, SearchNetwork,
+from pynas.nn import (DARTS, NB201, OPS, S2, S3, S4, EvalNetwork, MixedOp, NB201Network, SearchCell, SearchNetwork,
                       minimal_cell_network, register_op, s1_from_alphas)
+from pynas.genotype import NB201Genotype
+from pynas.nn.nb201 import NB201SearchCell
 from pynas.nn.ops import build_op
 
 
@@ -152,6 +154,35 @@ def test_nb201_supernet_and_child():
     assert model.cells[0].edge_names == ["0->1", "0->2", "1->2", "0->3", "1->3", "2->3"]
     child = NB201Network(C=4, N=1, genotype="|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
     assert child(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_nb201_child_cell_computes_its_genotype_as_the_supernet_at_one_hot_weights():
+    # The child's plain sums against the supernet's MixedOps and fused sums, with the child's
+    # weights copied into the chosen ops and one-hot edge weights (`none` on one edge).
+    genotype = NB201Genotype.parse(
+        "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
+    torch.manual_seed(0)
+    child = NB201Network(C=4, N=1, genotype=genotype).double()
+    supernet = NB201Network(C=4, N=1).double()
+    checked = False
+    for child_cell, super_cell in zip(child.cells, supernet.cells):
+        if not isinstance(super_cell, NB201SearchCell):
+            continue
+        weights = torch.zeros(len(super_cell.edges), len(NB201.ops), dtype=torch.float64)
+        for i, node in enumerate(genotype.nodes, start=1):
+            for (op, j), module in zip(node, child_cell.ops[i - 1]):
+                e = super_cell.edge_list.index((j, i))
+                k = NB201.ops.index(op)
+                weights[e, k] = 1.0
+                if op != "none":
+                    edge = super_cell.edges[e]
+                    # Same conv weights; the child's affine BatchNorm starts at weight 1, bias 0.
+                    edge.ops[edge._slot[k]].load_state_dict(module.state_dict(), strict=False)
+        C = child_cell.ops[0][0].body[0].in_channels  # node 1's nor_conv_3x3: the stage's width
+        x = torch.randn(3, C, 6, 6, dtype=torch.float64)
+        torch.testing.assert_close(super_cell(x, weights), child_cell(x), rtol=1e-12, atol=1e-12)
+        checked = True
+    assert checked
 
 
 def test_cell_weights_one_mixed_sum_per_node(monkeypatch):

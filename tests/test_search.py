@@ -229,10 +229,14 @@ def test_cli_reports_bad_arguments_in_one_sentence(capsys):
 
 
 def test_snas_run_with_a_constraint_logs_its_cost(tmp_path):
-    run = _run(tmp_path, "snas", 1, method="snas", constraint="aggressive", cost_estimator="policy")
+    # α held (lr 0): the logged penalty is λ·Σ_cells Σ_(e,k) p_k·C_(e,k) at the run's own α.
+    run = _run(tmp_path, "snas", 1, method="snas", constraint="aggressive", cost_estimator="analytic", a_lr=0.0)
     run.run()
     record = json.loads(open(tmp_path / "snas" / "metrics.jsonl").readline())
-    assert record["cost"] > 0
+    probs = {t: a.detach().double().softmax(-1) for t, a in run.model.arch.alphas.items()}
+    expected = 0.1 * sum((probs[t] * table.double()).sum() for t, table in run.strategy.tables)
+    assert len(run.strategy.tables) == len(run.model.cells)
+    assert record["cost"] == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_constraint_needs_snas(capsys):

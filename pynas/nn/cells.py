@@ -7,6 +7,7 @@ import torch.nn as nn
 from ..functional import edge_cost, mixed_sum
 from .mixed_op import MixedOp
 from .ops import FactorizedReduce, ReLUConvBN
+from .partial import shuffled_concat
 
 
 def cell_edges(steps: int, inputs: int = 2) -> List[tuple]:
@@ -35,11 +36,14 @@ class SearchCell(nn.Module):
     ``state_observer``: None, or a callable ``observer(cell, states)`` that receives
     the cell's states (preprocessed inputs, then the nodes) after each forward
     (see :mod:`pynas.analysis.grad_correlation`).
+
+    ``partial_channels`` K > 1: PC-DARTS' partial channel connections on every
+    edge (:class:`MixedOp`); see :meth:`forward` for how a node is summed.
     """
 
     def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int, reduction: bool,
                  reduction_prev: bool, ops: Sequence[str], available: Optional[torch.Tensor] = None,
-                 inputs: int = 2, concat: Optional[Sequence[int]] = None):
+                 inputs: int = 2, concat: Optional[Sequence[int]] = None, partial_channels: int = 1):
         super().__init__()
         if inputs not in (1, 2):
             raise ValueError(f"SearchCell: `inputs` must be 1 or 2, got {inputs}")
@@ -56,9 +60,11 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self.edge_list = cell_edges(steps, inputs)
         self.edge_names = [edge_name(j, i) for j, i in self.edge_list]
+        self.partial_channels = partial_channels
         self.edges = nn.ModuleList([
             MixedOp(C, 2 if reduction and j < inputs else 1, ops, affine=False,
-                    available=None if available is None else available[e].tolist())
+                    available=None if available is None else available[e].tolist(),
+                    partial_channels=partial_channels)
             for e, (j, _) in enumerate(self.edge_list)
         ])
         self.cost_recorder = None
@@ -68,10 +74,14 @@ class SearchCell(nn.Module):
     def num_edges(self) -> int:
         return len(self.edge_list)
 
-    def forward(self, s0, s1, weights: torch.Tensor, active: Optional[Sequence[Optional[Sequence[int]]]] = None):
+    def forward(self, s0, s1, weights: torch.Tensor, active: Optional[Sequence[Optional[Sequence[int]]]] = None,
+                edge_weights: Optional[torch.Tensor] = None):
         """``weights``: ``[E, K]`` or, per sample, ``[B, E, K]``; ``active``: per
-        edge, the columns to run (None: every available one)."""
+        edge, the columns to run (None: every available one); ``edge_weights``:
+        PC-DARTS' ``[E]`` edge normalisation (None: none)."""
         states = [self.preprocess1(s1)] if self.inputs == 1 else [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.partial_channels > 1 or edge_weights is not None:
+            return self._forward_partial(states, weights, active, edge_weights)
         e = 0
         for _ in range(self.steps):
             outputs, node_weights, columns = [], [], []
@@ -91,6 +101,52 @@ class SearchCell(nn.Module):
                 states.append(node)
             else:  # every incoming edge is `none` or removed: zeros, via the edge from input 0
                 states.append(self.edges[e - len(states)].zeros(states[0]))
+        if self.state_observer is not None:
+            self.state_observer(self, states)
+        return torch.cat([states[n] for n in self.concat], dim=1)
+
+    def _forward_partial(self, states, weights, active, edge_weights):
+        """PC-DARTS' cell (model_search.py ``Cell``, ``MixedOp``): node = Σ_e β̂_e ·
+        shuffle(cat[Σ_k w_ek op_ek(x_e[:C/K]), bypass(x_e[C/K:])]). The shuffle is
+        one permutation for every edge of the node, so the node is computed as
+        shuffle(cat[one mixed_sum of every edge's operations with weights β̂_e·w_ek,
+        one mixed_sum of the bypassed channels with weights β̂_e]): two fused sums
+        per node instead of one per edge. A removed edge (no operation left, not even
+        `none`) passes nothing; an edge left with only `none` still passes its bypass."""
+        K = self.partial_channels
+        e = 0
+        for _ in range(self.steps):
+            outputs, node_weights, columns, bypassed, bypass_weights = [], [], [], [], []
+            for h in states:
+                edge, edge_active = self.edges[e], None if active is None else active[e]
+                out, w = edge.candidates(h, weights[..., e, :], edge_active)
+                if edge_weights is not None:
+                    w = w * edge_weights[e]
+                outputs += out
+                node_weights.append(w)
+                if self.cost_recorder is not None:
+                    columns += [(e, k) for k in self._run_columns(e, edge_active)]
+                if K > 1 and (edge_active is None or edge_active):
+                    bypassed.append(edge.bypass(h))
+                    bypass_weights.append(edge_weights[e:e + 1] if edge_weights is not None
+                                          else torch.ones(1, dtype=weights.dtype, device=weights.device))
+                e += 1
+            first = self.edges[e - len(states)]  # an edge from input 0: the node's shape
+            if outputs:
+                node_weights = torch.cat(node_weights, dim=-1)
+                operated = mixed_sum(outputs, node_weights)
+                if self.cost_recorder is not None and operated.requires_grad:
+                    # The operated channels enter the node through the shuffle alone: ∂L/∂operated is the
+                    # node's gradient on them, what Eq. 4-5 multiply the outputs by.
+                    operated.register_hook(self._cost_hook(outputs, node_weights, columns))
+            else:
+                operated = first.zeros(first.operated(states[0]))
+            if K == 1:
+                states.append(operated)
+            elif bypassed:
+                states.append(shuffled_concat(operated, mixed_sum(bypassed, torch.cat(bypass_weights)), K))
+            else:  # every incoming edge removed
+                states.append(first.zeros(states[0]))
         if self.state_observer is not None:
             self.state_observer(self, states)
         return torch.cat([states[n] for n in self.concat], dim=1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..functional import mixed_sum
 from .ops import build_op
+from .partial import check_partial_channels, shuffled_concat
 
 
 class MixedOp(nn.Module):
@@ -17,13 +18,22 @@ class MixedOp(nn.Module):
     ``[K]`` or ``[B, K]`` over ``ops``; ``active`` optionally names the column
     indices to run (e.g. the one selected by a hard sample: GDAS/DSNAS run only
     that operation, its weight keeping the straight-through gradient to α).
+
+    ``partial_channels`` K > 1 (PC-DARTS Sec. 3.2): the operations see only the
+    first C/K input channels (:meth:`operated`); the rest bypass them
+    (:meth:`bypass`) and join the result through a channel shuffle with K groups.
     """
 
     def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False,
-                 available: Optional[Sequence[bool]] = None, pool_bn: bool = True):
+                 available: Optional[Sequence[bool]] = None, pool_bn: bool = True, partial_channels: int = 1):
         super().__init__()
         self.names = tuple(ops)
         self.stride = stride
+        self.partial_channels = check_partial_channels(partial_channels, C, "MixedOp: `partial_channels`")
+        # PC-DARTS' code max-pools the bypassed channels 2x2 with stride 2 on a reduction edge; ceil_mode
+        # matches the operations' ceil(H/2) on odd sizes too (on even ones it is the same pooling).
+        self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 and partial_channels > 1 else None
+        C //= partial_channels
         if available is not None and len(available) != len(self.names):
             raise ValueError(f"MixedOp: `available` has {len(available)} entries for {len(self.names)} ops")
         # Columns of `weights` this edge can run: not `none`, and available on
@@ -44,6 +54,7 @@ class MixedOp(nn.Module):
         nn.Module.__init__(op)
         op.names = tuple(candidates)
         op.stride = 1
+        op.partial_channels, op.bypass_pool = 1, None
         op.materialised = [k for k, name in enumerate(op.names) if name != "none"]
         op.ops = nn.ModuleList([candidates[op.names[k]] for k in op.materialised])
         op._slot = {k: i for i, k in enumerate(op.materialised)}
@@ -54,6 +65,8 @@ class MixedOp(nn.Module):
         """The outputs of the operations to run and their weights (``[..., n]``),
         ready for one ``mixed_sum`` (possibly together with other edges)."""
         run = self.materialised if active is None else [k for k in active if k in self._slot]
+        if self.partial_channels > 1:
+            x = self.operated(x)
         relu = None
         outputs = []
         for k in run:
@@ -65,11 +78,23 @@ class MixedOp(nn.Module):
                 outputs.append(op(x))
         return outputs, weights[..., run]
 
+    def operated(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels the operations see: the first C/K (PC-DARTS' code takes a fixed slice)."""
+        return x[:, : x.size(1) // self.partial_channels]
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels that bypass the operations, at the edge's output resolution."""
+        rest = x[:, x.size(1) // self.partial_channels:]
+        return rest if self.bypass_pool is None else self.bypass_pool(rest)
+
     def zeros(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None) -> torch.Tensor:
         outputs, w = self.candidates(x, weights, active)
+        if self.partial_channels > 1:
+            operated = mixed_sum(outputs, w) if outputs else self.zeros(self.operated(x))
+            return shuffled_concat(operated, self.bypass(x), self.partial_channels)
         if not outputs:  # only `none` (or nothing) is active
             return self.zeros(x)
         return mixed_sum(outputs, w)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from ..arch import Architecture, EdgeWeights
 from .cells import SearchCell, cell_edges
 from .layout import check_channels_last, network_input
+from .partial import check_partial_channels
 from .spaces import get_space
 
 
@@ -22,19 +23,27 @@ class SearchNetwork(nn.Module):
     computes in (None: channels-last for float CPU inputs when C >= 8, see
     :func:`pynas.nn.layout.network_input`); ``classifier_bias=False`` makes the
     logits linear in the last cell's output (wiring paper, Thm. 2).
+    ``partial_channels`` K > 1: PC-DARTS (partial channel connections on every
+    edge, and β's edge normalisation in a new ``arch``); K must divide C.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
                  inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
-                 channels_last: Optional[bool] = None, classifier_bias: bool = True, **arch_kwargs):
+                 channels_last: Optional[bool] = None, classifier_bias: bool = True, partial_channels: int = 1,
+                 **arch_kwargs):
         super().__init__()
         self.C = C
-        self.channels_last = check_channels_last(channels_last, C, "SearchNetwork")
+        check_partial_channels(partial_channels, C, "SearchNetwork: `partial_channels`")
+        # The operations' convolutions see C/K channels: what the channels-last choice depends on.
+        self.min_channels = C // partial_channels
+        self.channels_last = check_channels_last(channels_last, self.min_channels, "SearchNetwork")
         if layers < 1:
             raise ValueError(f"SearchNetwork: `layers` must be >= 1, got {layers}")
         space = get_space(space)
         num_edges = len(cell_edges(steps, inputs))
+        if arch is None and partial_channels > 1:  # PC-DARTS Sec. 3.3: β comes with partial channels
+            arch_kwargs = dict(arch_kwargs, edge_normalisation=True, inputs=inputs)
         self.arch = arch if arch is not None else Architecture(space, num_edges, ("normal", "reduce"),
                                                                relaxation=relaxation, **arch_kwargs)
         if self.arch.num_edges != num_edges:
@@ -50,7 +59,7 @@ class SearchNetwork(nn.Module):
                 C_curr *= 2
             cell_type = "reduce" if reduction else "normal"
             cell = SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev, space.ops,
-                              available=self.arch.mask(cell_type), inputs=inputs)
+                              available=self.arch.mask(cell_type), inputs=inputs, partial_channels=partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, len(cell.concat) * C_curr
@@ -69,7 +78,7 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared: Dict[str, EdgeWeights] = {}
-        s0 = s1 = self.stem(network_input(x, self.channels_last, self.C))
+        s0 = s1 = self.stem(network_input(x, self.channels_last, self.min_channels))
         # Each cell's edge weights of this forward, on request: the sample Z a resource constraint
         # differentiates through, as SNAS' code does.
         self.last_edge_weights = []
@@ -82,7 +91,7 @@ class SearchNetwork(nn.Module):
             w = shared[cell_type]
             if self.record_edge_weights:
                 self.last_edge_weights.append(w.weights)
-            s0, s1 = s1, cell(s0, s1, w.weights, w.active)
+            s0, s1 = s1, cell(s0, s1, w.weights, w.active, w.edge)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def _cell_types(self):

@@ -40,6 +40,9 @@ PRESETS = {
     "wiring-dsnas-minimal": dict(DARTS_BASE, method="dsnas", space="minimal", steps=2, epochs=150, batch_size=96,
                                  train_fraction=1.0),
     "wiring-darts-minimal": dict(DARTS_BASE, space="minimal", steps=2, batch_size=96),
+    # PC-DARTS' CIFAR-10 search as yuhuixu1993/PC-DARTS train_search.py and model_search.py run it.
+    "pc-darts-cifar10": dict(DARTS_BASE, partial_channels=4, batch_size=256, w_lr=0.1, w_lr_min=0.0, a_lr=6e-4,
+                             warmup_epochs=15),
 }
 # DARTS-PT's supernets on S1-S4 (001 Sec. 5.1, 6, App. A.2): DARTS' settings in each space, and with α fixed.
 for _space in ("s1", "s2", "s3", "s4"):

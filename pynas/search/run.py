@@ -23,6 +23,7 @@ from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, 
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from ..nn.layout import MIN_CHANNELS_LAST_CHANNELS
+from ..nn.partial import check_partial_channels
 from ..tensorboard import TensorBoardLogger
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
 from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, TemperatureSchedule, parse_init
@@ -88,7 +89,7 @@ class RunConfig:
     constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
     epsilon_alpha: float = 0.3  # SDARTS-RS: the final noise range (ramped from 0.03)
-    warmup_epochs: int = 0  # SGAS: weights-only epochs before α trains (its public code: none)
+    warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
     first_decision: int = 10  # SGAS: the first decision after this many epochs
     decision_freq: int = 5  # SGAS: epochs between decisions
     batch_increase: int = 0  # SGAS: the batch grows by this after each decision
@@ -98,6 +99,8 @@ class RunConfig:
     log_prob_grad: Optional[str] = None  # Single-DARTS Fig. 3: ∂L/∂p per edge of these cells ("all" or "0,3")
     tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl (rank 0)
     keep_every: int = 0  # also keep checkpoint-epoch<N>.pt every N epochs (0: only the latest)
+    # PC-DARTS: each edge's operations see 1/K of the channels, and β normalises each node's edges (K > 1).
+    partial_channels: int = 1
 
     def prob_grad_cells(self) -> Optional[list]:
         """The cells ``--log-prob-grad`` names (None: every cell)."""
@@ -217,10 +220,29 @@ class RunConfig:
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        self._validate_partial_channels()
         if self.space != "nb201" and self.layers < 3:
             # Cells layers//3 and 2·layers//3 reduce from 3 cells on: below that there is no reduction cell.
             raise ValueError(f"--layers must be at least 3 for --space {self.space} (fewer cells have no reduction "
                              f"cell, so the reduce cells' α could never be searched), got {self.layers}")
+
+
+    def _validate_partial_channels(self):
+        K = self.partial_channels
+        if K == 1:
+            return
+        check_partial_channels(K, self.C)
+        relaxation = self.relaxation or METHODS[self.method][1]
+        if relaxation in ("gumbel_hard", "categorical"):
+            raise ValueError(f"--partial-channels applies to the soft methods (every operation of an edge mixed); "
+                             f"--method {self.method} samples one operation per edge ({relaxation}): use 1")
+        if self.space == "nb201":
+            raise ValueError("--partial-channels needs a DARTS-style space (PC-DARTS' cells), not nb201")
+        if self.constraint != "none":
+            raise ValueError("--partial-channels with --constraint: SNAS' costs price full-width operations; use one")
+        if self.channels_last and self.device == "cpu" and self.C // K < MIN_CHANNELS_LAST_CHANNELS:
+            raise ValueError(f"--channels-last on CPU needs --C / --partial-channels >= {MIN_CHANNELS_LAST_CHANNELS} "
+                             f"(the operations' channels), got {self.C} / {K}")
 
 
 def build_model(cfg: RunConfig, info):
@@ -238,10 +260,11 @@ def build_model(cfg: RunConfig, info):
                             in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
     if cfg.space == "minimal":
         return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
-                                    relaxation=relaxation, **arch_kwargs)
+                                    relaxation=relaxation, partial_channels=cfg.partial_channels, **arch_kwargs)
     space = s1_space(cfg.s1_from) if cfg.space == "s1-from-run" else cfg.space
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
-                         space=space, in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+                         space=space, in_channels=info.in_channels, relaxation=relaxation,
+                         partial_channels=cfg.partial_channels, **arch_kwargs)
 
 
 def s1_space(run_dir: str):
@@ -300,7 +323,8 @@ def search_config(cfg: RunConfig) -> SearchConfig:
     return SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min, w_momentum=cfg.w_momentum,
                         w_weight_decay=cfg.w_weight_decay, w_nesterov=cfg.w_nesterov, grad_clip=cfg.grad_clip,
                         a_lr=cfg.a_lr, a_betas=tuple(cfg.a_betas), a_weight_decay=cfg.a_weight_decay,
-                        a_optimizer=cfg.a_optimizer, a_momentum=cfg.a_momentum, a_grad_clip=cfg.a_grad_clip)
+                        a_optimizer=cfg.a_optimizer, a_momentum=cfg.a_momentum, a_grad_clip=cfg.a_grad_clip,
+                        warmup_epochs=cfg.warmup_epochs)
 
 
 def _rng_state(model):
@@ -336,6 +360,9 @@ def _arch_summary(model):
         q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
         entropy = -(q * q.clamp_min(1e-12).log()).sum(-1)
         out[cell_type] = {"probabilities": p.tolist(), "entropy": entropy.tolist()}
+        edge = model.arch.edge_weights(cell_type)
+        if edge is not None:  # PC-DARTS' β, normalised per node: what derivation multiplies in
+            out[cell_type]["edge_weights"] = edge.detach().tolist()
     return out
 
 
@@ -520,6 +547,10 @@ class SearchRun:
             entropy = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(q.size(-1))
             print(f"{cell_type} cells: mean normalised entropy {float(entropy.mean()):.3f}, "
                   f"mean largest probability {float(q.max(-1).values.mean()):.3f}")
+            edge = self.model.arch.edge_weights(cell_type)
+            if edge is not None:
+                print(f"{cell_type} cells: edge weights softmax(β) per node (ranked with α in derivation): "
+                      + " ".join(f"{v:.3f}" for v in edge.tolist()))
         rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{method_rule(self.cfg.method)} rule"
         print(f"genotype ({rule}): {genotype}")
         pictures = self.draw_cells(genotype)

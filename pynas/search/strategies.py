@@ -28,7 +28,8 @@ class SearchConfig:
 
     ``a_optimizer`` ``"sgd"`` uses ``a_momentum`` (Single-DARTS Table 5 tries
     both; SNAS' single-GPU code uses plain SGD); ``a_grad_clip`` clips α's
-    gradient norm (SNAS: 10; None: no clipping, as DARTS).
+    gradient norm (SNAS: 10; None: no clipping, as DARTS). The first
+    ``warmup_epochs`` epochs train the weights alone (PC-DARTS' code: 15).
     """
 
     epochs: int = 50
@@ -44,6 +45,7 @@ class SearchConfig:
     a_optimizer: str = "adam"
     a_momentum: float = 0.0
     a_grad_clip: Optional[float] = None
+    warmup_epochs: int = 0
 
     def __post_init__(self):
         if self.a_optimizer not in A_OPTIMIZERS:
@@ -71,6 +73,8 @@ class Strategy:
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, config.epochs, eta_min=config.w_lr_min)
         self.a_opt = self._arch_optimizer(config) if self.alphas else None
         self.global_step = 0
+        self.warmup_epochs = config.warmup_epochs
+        self.epochs_done = 0
         self.device = next(iter(self.weights)).device
         self.forward = model  # may be replaced by a torch.compile'd model
         self.autocast_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16
@@ -81,6 +85,11 @@ class Strategy:
             return torch.optim.SGD(self.alphas, lr=config.a_lr, momentum=config.a_momentum,
                                    weight_decay=config.a_weight_decay)
         return torch.optim.Adam(self.alphas, lr=config.a_lr, betas=config.a_betas, weight_decay=config.a_weight_decay)
+
+    def alpha_trains(self) -> bool:
+        """Whether this step trains α: there is an α optimiser and the weights-only
+        ``warmup_epochs`` are over (PC-DARTS' train_search.py: ``if epoch >= 15``)."""
+        return self.a_opt is not None and self.epochs_done >= self.warmup_epochs
 
     def arch_optimizer_step(self) -> None:
         """α's step after its gradients are in place (clipped first where configured)."""
@@ -166,11 +175,12 @@ class Strategy:
         them once per logging interval: reading is a host synchronisation)."""
         arch = self.model.arch
         arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
-        if self.a_opt is not None:
+        alpha_trains = self.alpha_trains()
+        if alpha_trains:
             self.arch_step(train_batch, val_batch)
         # The weight step's α is the next α step's: under hard samples (GDAS) its forward draws that
         # step's sample too, so one host transfer a step tells both which operations to run.
-        with arch.sampling_ahead(self.a_opt is not None):
+        with arch.sampling_ahead(alpha_trains):
             metrics = self.weight_step(train_batch)
         self.global_step += 1
         return metrics
@@ -179,10 +189,12 @@ class Strategy:
         # A sample drawn ahead is given back, so that a checkpoint records the generator before it.
         self.model.arch.discard_sample_ahead()
         self.w_sched.step()
+        self.epochs_done += 1
 
     def state_dict(self):
         return {"w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
-                "a_opt": self.a_opt.state_dict() if self.a_opt else None, "global_step": self.global_step}
+                "a_opt": self.a_opt.state_dict() if self.a_opt else None, "global_step": self.global_step,
+                "epochs_done": self.epochs_done}
 
     def load_state_dict(self, state):
         self.w_opt.load_state_dict(state["w_opt"])
@@ -190,6 +202,9 @@ class Strategy:
         if self.a_opt is not None:
             self.a_opt.load_state_dict(state["a_opt"])
         self.global_step = state["global_step"]
+        # Checkpoints from before the count was kept (only SGAS', which always kept it, had a batch that
+        # changes between epochs): the epoch from the step count.
+        self.epochs_done = state.get("epochs_done", self.global_step // self.steps_per_epoch)
 
 
 class DartsFirstOrder(Strategy):
@@ -272,7 +287,7 @@ class SingleLevel(Strategy):
         self.sync(self.weights + self.alphas)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
-        if self.a_opt is not None:
+        if self.alpha_trains():
             self.arch_optimizer_step()
         self.global_step += 1
         return _metrics(loss, logits, train_batch[1])
@@ -368,7 +383,7 @@ class SdartsRS(DartsFirstOrder):
 class Sgas(DartsFirstOrder):
     """SGAS, Criterion 1 (Li et al. 2020; DARTS-PT App. A.1.3), as its public code
     runs it: the DARTS first-order search (α trains from the first epoch unless
-    ``warmup_epochs`` train the weights alone) in which, after ``first_decision``
+    ``warmup_epochs``, by default the config's, train the weights alone) in which, after ``first_decision``
     epochs and then every ``decision_freq`` epochs, one undecided edge per cell
     type is decided: the edge with the best score (edge importance × selection
     certainty, each min-max normalised over all edges of the cell) keeps one
@@ -378,10 +393,11 @@ class Sgas(DartsFirstOrder):
 
     name = "sgas"
 
-    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: int = 0,
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: Optional[int] = None,
                  first_decision: int = 10, decision_freq: int = 5,
                  choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2):
         super().__init__(model, config, steps_per_epoch, loss_fn)
+        warmup_epochs = self.warmup_epochs if warmup_epochs is None else warmup_epochs
         if warmup_epochs < 0:
             raise ValueError(f"--warmup-epochs must be non-negative, got {warmup_epochs}")
         if decision_freq < 1:
@@ -394,22 +410,15 @@ class Sgas(DartsFirstOrder):
         self.warmup_epochs, self.first_decision, self.decision_freq = warmup_epochs, first_decision, decision_freq
         self.choose_op = choose_op
         self.groups = node_edge_groups(arch.num_edges, inputs)
-        self.epochs_done = 0
         self.decisions: List[Dict] = []
         self.last_decisions: List[Dict] = []  # those of the last epoch_end
 
-    def step(self, train_batch, val_batch):
+    def alpha_trains(self):
         decided = not any(self.undecided_edges(t) for t in self.model.arch.cell_types)
-        if self.epochs_done < self.warmup_epochs or decided:  # nothing for α to learn
-            self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
-            metrics = self.weight_step(train_batch)
-            self.global_step += 1
-            return metrics
-        return super().step(train_batch, val_batch)
+        return super().alpha_trains() and not decided  # a fully decided search leaves α nothing to learn
 
     def epoch_end(self):
         super().epoch_end()
-        self.epochs_done += 1
         after = self.epochs_done - self.first_decision
         # SGAS' code: decisions after epochs 10, 15, ..., 45 of its 50 (8 per cell type).
         decide = after >= 0 and after % self.decision_freq == 0
@@ -488,11 +497,10 @@ class Sgas(DartsFirstOrder):
                 "op": arch.ops[op], "pruned": pruned}
 
     def state_dict(self):
-        return dict(super().state_dict(), epochs_done=self.epochs_done, decisions=json.dumps(self.decisions))
+        return dict(super().state_dict(), decisions=json.dumps(self.decisions))
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.epochs_done = state["epochs_done"]
         self.decisions = json.loads(state["decisions"])
 
 
