@@ -180,13 +180,18 @@ def add_arguments(parser):
     """The ops benchmark's options on ``parser`` itself (plain ``pynas bench``), and
     the sub-commands ``ops`` (the same) and ``search`` (:mod:`pynas.bench_search`)."""
     _add_ops_arguments(parser)
-    commands = parser.add_subparsers(dest="bench_command", metavar="{ops,search}")
+    commands = parser.add_subparsers(dest="bench_command", metavar="{ops,search,memory}")
     _add_ops_arguments(commands.add_parser("ops", help="the fused ops against their eager forms (the default)"))
     from . import bench_search
 
     bench_search.add_arguments(commands.add_parser(
         "search", help="whole search steps: the fused supernet against the eager way",
         description=bench_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import memory
+
+    memory.add_arguments(commands.add_parser(
+        "memory", help="the memory of a search step per image, and the largest batch within a budget",
+        description=memory.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def _add_ops_arguments(parser):
@@ -204,6 +209,10 @@ def run(args):
         from . import bench_search
 
         return bench_search.run(args)
+    if getattr(args, "bench_command", None) == "memory":
+        from . import memory
+
+        return memory.run(args)
     import pynas
 
     from . import _C  # noqa: F401

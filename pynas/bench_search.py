@@ -183,10 +183,11 @@ def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, s
     return model, strategy
 
 
-def make_batches(batch_size: int, image_size: int, device="cpu", dtype=torch.float32, seed: int = 0):
+def make_batches(batch_size: int, image_size: int, device="cpu", dtype=torch.float32, seed: int = 0,
+                 in_channels: int = 3, num_classes: int = 10):
     g = torch.Generator().manual_seed(seed)
-    batch = lambda: (torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device, dtype),
-                     torch.randint(0, 10, (batch_size,), generator=g).to(device))
+    batch = lambda: (torch.randn(batch_size, in_channels, image_size, image_size, generator=g).to(device, dtype),
+                     torch.randint(0, num_classes, (batch_size,), generator=g).to(device))
     return batch(), batch()
 
 
@@ -370,15 +371,21 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
 def memory_in_subprocess(method: str, path: str, **options) -> dict:
     """:func:`measure_memory` on CPU, in a fresh Python process (VmHWM is a
     process-lifetime maximum, so each (method, path) needs its own)."""
-    code = "import json, sys; from pynas.bench_search import measure_memory; " \
-           "print(json.dumps(measure_memory(**json.loads(sys.argv[1]))))"
+    spec = dict(method=method, path=path, device="cpu", threads=torch.get_num_threads(), **options)
+    return in_fresh_process("pynas.bench_search", "measure_memory", spec, f"memory measurement of {method}/{path}")
+
+
+def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dict:
+    """``module.function(**kwargs)`` in a fresh Python process (for a peak RSS of
+    its own); ``kwargs`` and the result travel as JSON."""
+    code = f"import json, sys; from {module} import {function}; " \
+           f"print(json.dumps({function}(**json.loads(sys.argv[1]))))"
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    spec = json.dumps(dict(method=method, path=path, device="cpu", threads=torch.get_num_threads(), **options))
-    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {method}/{path} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -38,6 +38,10 @@ def _add_search_arguments(parser):
     g = parser.add_argument_group("supernet")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
+                   help="choose the batch: the largest whose measured search step fits SIZE (10GB, 512MiB; or a "
+                        "fraction of the GPU's memory, e.g. 0.8, with --device cuda); recorded as the run's "
+                        "batch size (default: %(default)s: --batch-size)")
     g.add_argument("--C", type=int, default=d.C, help="initial channels")
     g.add_argument("--layers", type=int, default=d.layers, help="cells (NAS-Bench-201: 3 stages of layers/3 cells)")
     g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
@@ -147,6 +151,11 @@ def search_config(args, argv) -> "RunConfig":
         loaded.pop("out", None)  # a repeated run gets its own directory
         values.update(loaded)
     explicit = _explicit_options(argv if argv is not None else sys.argv[2:])
+    if {"max_memory", "batch_size"} <= explicit:
+        raise ValueError("--max-memory chooses the batch size: give it or --batch-size, not both")
+    if "max_memory" not in explicit:
+        # A config file's batch was already chosen within its max_memory: it is repeated, not chosen again.
+        values.pop("max_memory", None)
     values.update({k: getattr(args, k) for k in explicit if k in fields})
     if "a_betas" in values:
         values["a_betas"] = tuple(values["a_betas"])

@@ -33,6 +33,10 @@ class DatasetInfo:
     image_size: int
 
 
+# What a network needs of each dataset (the search's supernet is built from it).
+DATASET_INFO = {"digits": DatasetInfo("digits", 1, 10, 8), "cifar10": DatasetInfo("cifar10", 3, 10, 32),
+                "cifar100": DatasetInfo("cifar100", 3, 100, 32), "svhn": DatasetInfo("svhn", 3, 10, 32)}
+
 DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data", "digits.npz")
 
 
@@ -52,7 +56,7 @@ def load_digits_dataset() -> Tuple[TensorDataset, DatasetInfo]:
     images = torch.from_numpy(images).float().unsqueeze(1) / 16.0
     images = (images - images.mean()) / images.std()
     labels = torch.from_numpy(target).long()
-    return TensorDataset(images, labels), DatasetInfo("digits", 1, 10, 8)
+    return TensorDataset(images, labels), DATASET_INFO["digits"]
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -141,7 +145,7 @@ def load_image_dataset(name: str, root: str, train: bool = True, cutout: int = 0
             labels.append(torch.as_tensor(batch[key], dtype=torch.long))
         images, targets = torch.cat(data), torch.cat(labels)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-        info = DatasetInfo(name, 3, 10 if name == "cifar10" else 100, 32)
+        info = DATASET_INFO[name]
     else:
         loadmat = require("scipy.io", extra="data", needed_for="SVHN").loadmat
 
@@ -150,7 +154,7 @@ def load_image_dataset(name: str, root: str, train: bool = True, cutout: int = 0
         mat = loadmat(path)
         images = torch.as_tensor(mat["X"]).permute(3, 2, 0, 1).contiguous()
         targets = torch.as_tensor(mat["y"].reshape(-1).astype("int64")) % 10  # label 10 is digit 0
-        mean, std, info = SVHN_MEAN, SVHN_STD, DatasetInfo(name, 3, 10, 32)
+        mean, std, info = SVHN_MEAN, SVHN_STD, DATASET_INFO[name]
     return ImageDataset(images, targets, mean, std, train=train, cutout=cutout), info
 
 

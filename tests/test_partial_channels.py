@@ -321,6 +321,19 @@ def test_a_resumed_partial_channel_run_continues_with_beta_and_its_optimiser_sta
     assert (tmp_path / "killed" / "genotype.txt").read_text() == (tmp_path / "full" / "genotype.txt").read_text()
 
 
+@pytest.mark.parametrize("method", ["darts", "darts-2nd", "single-level", "snas", "fixed", "sdarts-rs", "sgas"])
+def test_every_soft_method_searches_with_partial_channels(tmp_path, small_digits, method):
+    kw = dict(first_decision=1, decision_freq=1) if method == "sgas" else {}
+    run = _run(tmp_path, method, 1, method=method, batch_size=16, partial_channels=2, **kw)
+    betas = {t: b.detach().clone() for t, b in run.model.arch.betas.items()}
+    Genotype.parse(run.run())
+    for t, b in betas.items():
+        moved = not torch.equal(b, run.model.arch.betas[t])
+        assert moved == (method != "fixed"), t  # fixed: α and β held at 0 (uniform)
+    if method == "fixed":
+        assert all(not b.any() for b in run.model.arch.betas.values())
+
+
 def test_pynas_search_with_partial_channels_writes_a_genotype_ranked_with_beta(tmp_path, small_digits, capsys):
     out = tmp_path / "run"
     argv = ["search", "--partial-channels", "2", "--epochs", "1", "--C", "4", "--layers", "3", "--steps", "2",

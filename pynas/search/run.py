@@ -45,6 +45,9 @@ class RunConfig:
     dataset: str = "digits"
     epochs: int = 8
     batch_size: int = 64
+    # A memory budget ("10GB", "512MiB", or a fraction of the GPU's memory such as "0.8"): the run measures
+    # its step (pynas.memory) and takes the largest batch that fits, recorded as batch_size (None: batch_size).
+    max_memory: Optional[str] = None
     C: int = 8
     layers: int = 5
     steps: int = 4
@@ -215,6 +218,10 @@ class RunConfig:
         if self.method == "sgas" and self.first_decision < self.warmup_epochs:
             raise ValueError(f"--first-decision ({self.first_decision}) must not come before the end of "
                              f"--warmup-epochs ({self.warmup_epochs})")
+        if self.max_memory is not None:
+            from ..memory import budget_bytes
+
+            budget_bytes(self.max_memory, "--max-memory", self.device)
         if self.pt_val_batches is not None and self.pt_val_batches < 1:
             raise ValueError(f"--pt-val-batches must be at least 1, got {self.pt_val_batches}")
         for name in ("epochs", "batch_size", "C", "layers", "steps"):
@@ -265,6 +272,30 @@ def build_model(cfg: RunConfig, info):
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
                          space=space, in_channels=info.in_channels, relaxation=relaxation,
                          partial_channels=cfg.partial_channels, **arch_kwargs)
+
+
+def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
+    """(supernet, strategy) of a resolved run configuration, on its device, as a
+    search runs them (also what :mod:`pynas.memory` measures)."""
+    model = build_model(cfg, info).to(cfg.device)
+    extra = {}
+    if cfg.constraint != "none":
+        extra = dict(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
+                     image_size=info.image_size)
+    if cfg.method == "sdarts-rs":
+        extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
+    if cfg.method == "sgas":
+        extra = dict(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
+                     decision_freq=cfg.decision_freq, choose_op=choose_op)
+    strategy = METHODS[cfg.method][0](model, search_config(cfg), steps_per_epoch, **extra)
+    if cfg.channels_last:  # the network's layout too (evaluation's inputs): C was checked on CPU
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = strategy.channels_last = True
+    if cfg.amp == "bf16":
+        strategy.autocast_dtype = torch.bfloat16
+    if cfg.compile:
+        strategy.forward = torch.compile(model)
+    return model, strategy
 
 
 def s1_space(run_dir: str):
@@ -397,29 +428,12 @@ class SearchRun:
         random.seed(cfg.seed)
         self.train_data, self.val_data, self.info = search_data(cfg)
         self.rank, self.world = _distributed()
-        self.model = build_model(cfg, self.info).to(cfg.device)
-        strategy_cls = METHODS[cfg.method][0]
-        config = search_config(cfg)
+        if cfg.max_memory is not None and not resume:
+            cfg = self.cfg = self._batch_within(cfg, cfg.max_memory)
         # Steps per epoch on each rank (a DistributedSampler gives each rank 1/world of the data).
         steps = math.ceil(math.ceil(len(self.train_data) / self.world) / cfg.batch_size)
-        extra = {}
-        if cfg.constraint != "none":
-            extra = dict(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
-                         image_size=self.info.image_size)
-        if cfg.method == "sdarts-rs":
-            extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
-        if cfg.method == "sgas":
-            extra = dict(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
-                         decision_freq=cfg.decision_freq,
-                         choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
-        self.strategy = strategy_cls(self.model, config, steps, **extra)
-        if cfg.channels_last:  # the network's layout too (evaluation's inputs): C was checked on CPU
-            self.model.to(memory_format=torch.channels_last)
-            self.model.channels_last = self.strategy.channels_last = True
-        if cfg.amp == "bf16":
-            self.strategy.autocast_dtype = torch.bfloat16
-        if cfg.compile:
-            self.strategy.forward = torch.compile(self.model)
+        self.model, self.strategy = build_search(cfg, self.info, steps,
+                                                 choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
         # Opened first: a missing tensorboard package stops the run before any work.
         self.tensorboard = (TensorBoardLogger(cfg.tensorboard, op_names=self.model.arch.ops)
                             if cfg.tensorboard and self.rank == 0 else None)
@@ -439,6 +453,36 @@ class SearchRun:
             self._load()
         elif self.rank == 0:
             write_json(os.path.join(self.out, "config.json"), dataclasses.asdict(cfg))
+
+    def _batch_within(self, cfg: RunConfig, budget_text: str) -> RunConfig:
+        """``cfg`` with the largest batch whose search step fits ``budget_text``
+        (measured by :mod:`pynas.memory` on rank 0, which all ranks follow), said in the log."""
+        from ..memory import budget_bytes, estimate, format_bytes
+
+        chosen = [None, None]  # (batch, error) from rank 0
+        if self.rank == 0:
+            try:
+                budget = budget_bytes(budget_text, "--max-memory", cfg.device)
+                est = estimate(cfg, self.info)
+                batch = est.largest_batch(budget, "--max-memory")
+                chosen[0] = min(batch, len(self.train_data))
+                # Printed even with --quiet: it decides the run.
+                print(f"--max-memory {budget_text} ({format_bytes(budget)} on {cfg.device}): batch {chosen[0]}"
+                      + (f" (the {len(self.train_data)} training images; {batch} would fit)" if chosen[0] < batch
+                         else "")
+                      + f", predicted peak {format_bytes(est.peak(chosen[0]))} = "
+                        f"{format_bytes(sum(est.fixed.values()))} + {format_bytes(sum(est.per_image.values()))}"
+                        f" per image (measured at batch {est.probe_batches[0]} and {est.probe_batches[1]}"
+                      + (f"; {est.assumption}" if est.assumption else "") + ")"
+                      + ("; --batch-increase grows it beyond the budget later" if cfg.batch_increase else ""),
+                      flush=True)
+            except ValueError as e:
+                chosen[1] = str(e)
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(chosen, src=0)
+        if chosen[1] is not None:
+            raise ValueError(chosen[1])
+        return dataclasses.replace(cfg, batch_size=chosen[0])
 
     def _op_by_perturbation(self, cell_type, edge):
         """SGAS+PT: the operation of a decided edge by DARTS-PT's rule on the validation split."""

@@ -1,0 +1,357 @@
+"""How much memory a search step takes, and the largest batch that fits a budget
+(`pynas bench memory`, `pynas search --max-memory`).
+
+Nothing is modelled by hand: the search's own model and strategy (as
+:class:`~pynas.search.run.SearchRun` builds them) take two search steps at two
+small batches, and each part is measured:
+
+- parameters (weights, α, buffers), gradients and optimiser state (the weights'
+  SGD momentum, α's Adam moments): the tensors themselves after the steps;
+- activations: what one forward of the training loss keeps for backward
+  (:func:`pynas.bench_search.saved_activations_mb`);
+- the peak of the steps above the model, its optimisers and the batches: CUDA's
+  max allocated, or on CPU the peak resident memory (VmHWM) of a fresh process
+  (:func:`pynas.bench_search.measure_memory`'s measure), which also holds what
+  no tensor accounts for (glibc's heap fragmentation, code paged in, oneDNN's
+  buffers): on CPU that is what a budget is spent on.
+
+"Workspace" is the peak's rest: the backward's gradients of activations and
+temporaries, darts-2nd's copies of the weights, on CPU the allocator's share.
+Two probe batches give each part a fixed share and a share per image (a
+straight line; a step's memory is linear in the batch), and the line gives the
+largest batch within a budget.
+
+Hard samples (gdas, dsnas: one operation per edge) run fewer operations than a
+soft step; which ones is random. The estimate takes the worst case: α is set so
+that every edge draws the operation whose forward keeps the most activations
+(tried for each); with one sample per image (``--sample-per sample``) every
+operation runs somewhere in a large batch, so the step is measured with all of
+them (the soft Gumbel relaxation).
+"""
+import dataclasses
+import gc
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .bench_search import _proc_status_mb, in_fresh_process, make_batches, saved_activations_mb
+
+PROBE_BATCHES = (4, 8)
+HARD_RELAXATIONS = ("gumbel_hard", "categorical")
+# α of the forced operation above the others': a Gumbel draw exceeds 30 with probability e^-30.
+FORCED_LOGIT = 30.0
+PARTS = ("parameters", "batches", "gradients", "optimiser state", "activations", "workspace")
+_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)")
+
+
+# -- sizes ---------------------------------------------------------------------
+
+
+def parse_memory(text, option: str) -> Tuple[Optional[int], Optional[float]]:
+    """``(bytes, None)`` for a size with a unit ("10GB" = 10^9 bytes, "512MiB" =
+    512·2^20) or ``(None, fraction)`` for a bare number in (0, 1] (a share of the
+    GPU's memory); anything else is a ValueError naming ``option``."""
+    match = _SIZE.fullmatch(str(text).strip().lower())
+    if match is None or (match.group(2) and match.group(2) not in _UNITS):
+        raise ValueError(f"{option} must be a size such as 10GB, 512MiB or 1.5GiB (units: B, kB, MB, GB, TB, KiB, "
+                         f"MiB, GiB, TiB), or a fraction of the GPU's memory in (0, 1] such as 0.8; got {text!r}")
+    value = float(match.group(1))
+    if not match.group(2):
+        if not 0 < value <= 1:
+            raise ValueError(f"{option} {text}: a bare number is a fraction of the GPU's memory, in (0, 1]; "
+                             f"give a size a unit (e.g. {text}GB)")
+        return None, value
+    size = int(value * _UNITS[match.group(2)])
+    if size < 1:
+        raise ValueError(f"{option} must be at least 1 byte, got {text!r}")
+    return size, None
+
+
+def budget_bytes(text, option: str, device: str) -> int:
+    """The budget ``text`` means on ``device`` in bytes (a fraction: of the CUDA device's total memory)."""
+    size, fraction = parse_memory(text, option)
+    if fraction is None:
+        return size
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"{option} {text}: a fraction of the GPU's memory needs --device cuda; on {device} "
+                         f"give a size (e.g. 10GB)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{option} {text}: a fraction of the GPU's memory, but no GPU is visible")
+    return int(fraction * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+# -- one probe -------------------------------------------------------------------
+
+
+def _tensor_bytes(tensors) -> int:
+    """Bytes of the unique storages among ``tensors``."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if torch.is_tensor(t)}
+    return sum(storages.values())
+
+
+def force_operation(model, op: int) -> None:
+    """Sets α so that every hard sample draws operation ``op`` (where an edge offers it)."""
+    with torch.no_grad():
+        for alpha in model.arch.alphas.values():
+            alpha.zero_()
+            alpha[..., op] = FORCED_LOGIT
+
+
+def _build(config: dict, info: dict, batch_size: int, force_op: Optional[int]):
+    from .search.run import RunConfig, build_search
+
+    cfg = RunConfig(**config)
+    torch.manual_seed(cfg.seed)
+    model, strategy = build_search(cfg, _Info(**info), steps_per_epoch=1000)
+    # Steps with α's step: a weights-only warm-up (PC-DARTS) would hide it.
+    strategy.warmup_epochs = 0
+    if force_op is not None:
+        force_operation(model, force_op)
+    train, val = make_batches(batch_size, info["image_size"], cfg.device, seed=cfg.seed,
+                              in_channels=info["in_channels"], num_classes=info["num_classes"])
+    return model, strategy, train, val
+
+
+@dataclass(frozen=True)
+class _Info:
+    """What the network needs of a dataset (:class:`pynas.data.DatasetInfo`'s fields)."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+def probe(config: dict, info: dict, batch_size: int, force_op: Optional[int] = None, steps: int = 2,
+          threads: Optional[int] = None) -> Dict[str, float]:
+    """Bytes of each part of ``steps`` search steps of the run ``config`` (a
+    RunConfig's fields) at ``batch_size``; ``growth`` is the peak above the model,
+    its optimisers and the batches (on CPU the peak RSS: call it in a fresh process)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, strategy, train, val = _build(config, info, batch_size, force_op)
+    cuda = torch.device(config["device"]).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _proc_status_mb("VmRSS") * 2 ** 20
+    if force_op is not None:
+        _state_for_every_weight(strategy)
+    for _ in range(steps):
+        strategy.step(train, val)
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _proc_status_mb("VmHWM") * 2 ** 20
+    params = list(strategy.weights) + list(strategy.alphas)
+    optimisers = [o for o in (strategy.w_opt, strategy.a_opt) if o is not None]
+    y = train[1]
+    activations = saved_activations_mb(model, lambda x: strategy.loss((x, y))[1], train) * 2 ** 20
+    return {"growth": peak - baseline,
+            "parameters": _tensor_bytes([*model.parameters(), *model.buffers()]),
+            "batches": _tensor_bytes([*train, *(val if strategy.bilevel else ())]),
+            "gradients": _tensor_bytes(p.grad for p in params),
+            "optimiser state": _tensor_bytes(v for o in optimisers for s in o.state.values() for v in s.values()),
+            "activations": activations}
+
+
+def _state_for_every_weight(strategy) -> None:
+    """Gives every weight its optimiser state (a step on zero gradients). A hard
+    sample trains a few operations a step, but over a search every operation is
+    drawn, and SGD keeps the momentum of each weight it ever stepped."""
+    for w in strategy.weights:
+        w.grad = torch.zeros_like(w)
+    strategy.w_opt.step()
+    strategy.w_opt.zero_grad(set_to_none=True)
+
+
+def _probe(config: dict, info: dict, batch_size: int, force_op: Optional[int]) -> Dict[str, float]:
+    """:func:`probe` in a fresh process on CPU (its own VmHWM), here on CUDA."""
+    if torch.device(config["device"]).type != "cuda":
+        spec = dict(config=config, info=info, batch_size=batch_size, force_op=force_op,
+                    threads=torch.get_num_threads())
+        return in_fresh_process("pynas.memory", "probe", spec, f"the memory probe at batch {batch_size}")
+    gc.collect()
+    torch.cuda.empty_cache()
+    try:
+        return probe(config, info, batch_size, force_op)
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def heaviest_operation(config: dict, info: dict, batch_size: int) -> Tuple[int, str]:
+    """The operation (index, name; not ``none``) whose forward keeps the most
+    activations when every edge draws it."""
+    model, strategy, train, _ = _build(config, info, batch_size, None)
+    y = train[1]
+    kept = {}
+    for op, name in enumerate(model.arch.ops):
+        if name != "none":
+            force_operation(model, op)
+            kept[op] = saved_activations_mb(model, lambda x: strategy.loss((x, y))[1], train)
+    op = max(kept, key=kept.get)
+    return op, model.arch.ops[op]
+
+
+# -- the estimate -----------------------------------------------------------------
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes of each part of a search step: ``fixed[part] + per_image[part] · batch``."""
+
+    fixed: Dict[str, float]
+    per_image: Dict[str, float]
+    device: str
+    probe_batches: Tuple[int, int]
+    assumption: str  # what the estimate assumes about hard samples ("" for soft methods)
+    probes: list = dataclasses.field(default_factory=list)
+
+    def peak(self, batch_size: int) -> float:
+        """All the search step's memory at ``batch_size``: model, optimisers, batches and the step's peak."""
+        return sum(self.fixed.values()) + batch_size * sum(self.per_image.values())
+
+    def growth(self, batch_size: int) -> float:
+        """The peak above the model and the batches (what :func:`pynas.bench_search.measure_memory` measures)."""
+        return self.peak(batch_size) - sum(self.fixed[p] + batch_size * self.per_image[p]
+                                           for p in ("parameters", "batches"))
+
+    def largest_batch(self, budget: int, option: str = "--budget") -> int:
+        """The largest batch whose :meth:`peak` fits ``budget`` bytes (a ValueError naming ``option`` if none does)."""
+        fixed, per_image = sum(self.fixed.values()), sum(self.per_image.values())
+        if per_image <= 0:
+            raise RuntimeError(f"the memory probes found no memory per image ({self.probes})")
+        if budget < fixed + per_image:
+            raise ValueError(f"{option} {format_bytes(budget)} is too small for a batch of one: the search needs "
+                             f"{format_bytes(fixed)} fixed plus {format_bytes(per_image)} per image on {self.device}")
+        return int((budget - fixed) // per_image)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fit(probes: Sequence[Dict[str, float]], batches: Tuple[int, int], part: str) -> Tuple[float, float]:
+    """(fixed, per image) of the straight line through the two probes."""
+    (b1, b2), (m1, m2) = batches, (probes[0][part], probes[1][part])
+    slope = (m2 - m1) / (b2 - b1)
+    return m1 - slope * b1, slope
+
+
+def estimate(cfg, info, probe_batches: Tuple[int, int] = PROBE_BATCHES) -> MemoryEstimate:
+    """The memory of the search ``cfg`` (a :class:`~pynas.search.run.RunConfig`) on
+    data like ``info`` (in_channels, num_classes, image_size), from probes at two
+    small batches. Leaves the random state as it was."""
+    b1, b2 = probe_batches
+    if not 1 <= b1 < b2:
+        raise ValueError(f"--probe-batches must be two batch sizes 1 <= B1 < B2, got {b1} {b2}")
+    cfg.validate()
+    cfg = cfg.resolved()
+    config = dataclasses.asdict(cfg)
+    config["compile"] = False  # measured eager: torch.compile's memory is its own
+    info = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size)
+    devices = [torch.device(cfg.device)] if torch.device(cfg.device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        force_op, assumption = None, ""
+        if cfg.relaxation in HARD_RELAXATIONS:
+            if cfg.sample_per == "sample":
+                config["relaxation"] = "gumbel"
+                assumption = "one sample per image: every operation runs (measured under the soft relaxation)"
+            else:
+                force_op, name = heaviest_operation(config, info, b1)
+                assumption = f"hard samples: every edge draws {name}, the operation keeping the most activations"
+        probes = [_probe(config, info, b, force_op) for b in probe_batches]
+    for p in probes:
+        p["workspace"] = p["growth"] - p["gradients"] - p["optimiser state"] - p["activations"]
+    fits = {part: _fit(probes, probe_batches, part) for part in PARTS}
+    return MemoryEstimate(fixed={k: v[0] for k, v in fits.items()}, per_image={k: v[1] for k, v in fits.items()},
+                          device=cfg.device, probe_batches=tuple(probe_batches), assumption=assumption, probes=probes)
+
+
+def format_estimate(est: MemoryEstimate, budget: Optional[int] = None, option: str = "--budget") -> str:
+    """The estimate as a table (MiB fixed and per image), and the largest batch within ``budget``."""
+    what = "CUDA allocated bytes" if torch.device(est.device).type == "cuda" else "resident memory (RSS)"
+    lines = [f"memory of one search step on {est.device} ({what}), from probes at batch "
+             f"{est.probe_batches[0]} and {est.probe_batches[1]}" + (f"; {est.assumption}" if est.assumption else ""),
+             f"{'part':<18}{'fixed MiB':>12}{'MiB / image':>14}"]
+    for part in PARTS:
+        lines.append(f"{part:<18}{est.fixed[part] / 2 ** 20:>12.2f}{est.per_image[part] / 2 ** 20:>14.4f}")
+    lines.append(f"{'total':<18}{sum(est.fixed.values()) / 2 ** 20:>12.2f}"
+                 f"{sum(est.per_image.values()) / 2 ** 20:>14.4f}")
+    if budget is not None:
+        batch = est.largest_batch(budget, option)
+        lines.append(f"largest batch within {format_bytes(budget)}: {batch} "
+                     f"(predicted peak {format_bytes(est.peak(batch))})")
+    return "\n".join(lines)
+
+
+# -- `pynas bench memory` --------------------------------------------------------------
+
+# The options of `pynas search` that size its step (their names, choices and defaults are the search's).
+SIZE_OPTIONS = ("space", "method", "relaxation", "sample_per", "dataset", "C", "layers", "steps", "seed", "device",
+                "amp", "channels_last", "checkpoint_cells", "partial_channels")
+
+
+def add_arguments(parser):
+    import argparse
+
+    from .cli import _add_search_arguments
+
+    search = argparse.ArgumentParser(add_help=False)
+    _add_search_arguments(search)
+    for action in search._actions:
+        if action.dest in SIZE_OPTIONS:
+            parser._add_action(action)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the images' height and width (default: the dataset's: digits 8, the others 32)")
+    parser.add_argument("--budget", default=None, metavar="SIZE",
+                        help="also the largest batch that fits SIZE (10GB, 512MiB; or a fraction of the GPU's "
+                             "memory, e.g. 0.8, with --device cuda) (default: %(default)s)")
+    parser.add_argument("--probe-batches", type=int, nargs=2, default=list(PROBE_BATCHES), metavar=("B1", "B2"),
+                        help="the two small batches measured (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the estimate as JSON (default: none)")
+
+
+def run(args) -> int:
+    from .data import DATASET_INFO
+    from .io import write_json
+    from .search.run import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig(**{k: getattr(args, k) for k in SIZE_OPTIONS if k in fields and hasattr(args, k)})
+    budget = budget_bytes(args.budget, "--budget", cfg.device) if args.budget is not None else None
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {args.image_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = DATASET_INFO[cfg.dataset]
+    if args.image_size is not None:
+        info = dataclasses.replace(info, image_size=args.image_size)
+    est = estimate(cfg, info, tuple(args.probe_batches))
+    print(f"{cfg.method} on --space {cfg.space}: C = {cfg.C}, {cfg.layers} cells, {cfg.steps} nodes, "
+          f"{info.image_size}x{info.image_size}x{info.in_channels} images, {info.num_classes} classes"
+          + (", bf16 autocast" if cfg.amp == "bf16" else "") + (", channels-last" if cfg.channels_last else "")
+          + (", cells checkpointed" if getattr(cfg, "checkpoint_cells", False) else "")
+          + (f", {torch.get_num_threads()} threads" if torch.device(cfg.device).type == "cpu" else ""))
+    print(format_estimate(est, budget), flush=True)
+    if args.json:
+        result = dict(est.as_dict(), config=dataclasses.asdict(cfg), image_size=info.image_size, budget=budget,
+                      largest_batch=est.largest_batch(budget) if budget is not None else None)
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
