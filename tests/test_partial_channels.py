@@ -386,3 +386,23 @@ def test_modules_refuse_a_bad_k_naming_it():
         SearchNetwork(C=8, partial_channels=3)
     with pytest.raises(ValueError, match="`partial_channels` must be an integer >= 1"):
         MixedOp(8, 1, OPS, partial_channels=0)
+
+
+def test_the_pc_darts_preset_is_the_codes_search_and_reaches_the_optimisers(tmp_path, small_digits):
+    from pynas.search.presets import PRESETS
+
+    # Typed from yuhuixu1993/PC-DARTS (model_search.py `self.k = 4`; train_search.py's defaults and `epoch>=15`).
+    preset = PRESETS["pc-darts-cifar10"]
+    assert (preset["partial_channels"], preset["batch_size"], preset["w_lr"], preset["w_lr_min"], preset["a_lr"],
+            preset["warmup_epochs"], preset["method"], preset["epochs"]) == (4, 256, 0.1, 0.0, 6e-4, 15, "darts", 50)
+    out = tmp_path / "preset"
+    assert main(["search", "--preset", "pc-darts-cifar10", "--dataset", "digits", "--epochs", "1", "--C", "4",
+                 "--layers", "3", "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["partial_channels"], config["warmup_epochs"], config["batch_size"]) == (4, 15, 256)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    a_group, w_group = state["strategy"]["a_opt"]["param_groups"][0], state["strategy"]["w_opt"]["param_groups"][0]
+    assert (a_group["lr"], tuple(a_group["betas"]), a_group["weight_decay"]) == (6e-4, (0.5, 0.999), 1e-3)
+    assert len(a_group["params"]) == 4  # α and β of both cell types
+    assert state["strategy"]["a_opt"]["state"] == {}  # within the 15 weights-only epochs: no α or β step
+    assert (w_group["initial_lr"], w_group["lr"]) == (0.1, 0.0)  # cosine from 0.1 to 0 over the 1 epoch
