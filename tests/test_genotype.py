@@ -119,11 +119,6 @@ def test_derive_genotype_from_architecture_respects_masks():
     assert len(g.nodes("normal")[1]) == 2
 
 
-def test_darts_v2_child_has_the_published_parameter_count():
-    model = EvalNetwork(DARTS_V2, C=36, num_classes=10, layers=20, auxiliary=True)
-    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("auxiliary_head")) == 3_349_342
-
-
 @pytest.mark.parametrize("name", ["DARTS_V1", "DARTS_V2", "SNAS_mild", "SNAS_mild_edge_all"])
 def test_child_networks_run_with_aux_and_drop_path(name):
     model = EvalNetwork(GENOTYPES[name], C=8, layers=5, auxiliary=True, drop_path_prob=0.2)
