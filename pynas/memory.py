@@ -40,6 +40,7 @@ import torch
 from .bench_search import _proc_status_mb, in_fresh_process, make_batches, saved_activations_mb
 
 PROBE_BATCHES = (4, 8)
+MORE_PROBES = 2  # times the second probe's batch is quadrupled when the two probes differ by less than noise
 HARD_RELAXATIONS = ("gumbel_hard", "categorical")
 # α of the forced operation above the others': a Gumbel draw exceeds 30 with probability e^-30.
 FORCED_LOGIT = 30.0
@@ -234,8 +235,6 @@ class MemoryEstimate:
     def largest_batch(self, budget: int, option: str = "--budget") -> int:
         """The largest batch whose :meth:`peak` fits ``budget`` bytes (a ValueError naming ``option`` if none does)."""
         fixed, per_image = sum(self.fixed.values()), sum(self.per_image.values())
-        if per_image <= 0:
-            raise RuntimeError(f"the memory probes found no memory per image ({self.probes})")
         if budget < fixed + per_image:
             raise ValueError(f"{option} {format_bytes(budget)} is too small for a batch of one: the search needs "
                              f"{format_bytes(fixed)} fixed plus {format_bytes(per_image)} per image on {self.device}")
@@ -275,9 +274,20 @@ def estimate(cfg, info, probe_batches: Tuple[int, int] = PROBE_BATCHES) -> Memor
                 force_op, name = heaviest_operation(config, info, b1)
                 assumption = f"hard samples: every edge draws {name}, the operation keeping the most activations"
         probes = [_probe(config, info, b, force_op) for b in probe_batches]
+        # The step holds at least one forward's activations per image; a peak growing less than that
+        # between the probes is the RSS's noise (a few MB) over a tiny network: the second probe grows.
+        for _ in range(MORE_PROBES):
+            if _fit(probes, probe_batches, "growth")[1] >= _fit(probes, probe_batches, "activations")[1]:
+                break
+            probe_batches = (b1, 4 * probe_batches[1])
+            probes[1] = _probe(config, info, probe_batches[1], force_op)
     for p in probes:
         p["workspace"] = p["growth"] - p["gradients"] - p["optimiser state"] - p["activations"]
     fits = {part: _fit(probes, probe_batches, part) for part in PARTS}
+    if fits["workspace"][1] < 0:  # still within the noise: no less than the activations per image
+        fits["workspace"] = (fits["workspace"][0], 0.0)
+        assumption = "; ".join(filter(None, [assumption, "the peak's growth per image was within the RSS's noise: "
+                                                           "taken as the activations'"]))
     return MemoryEstimate(fixed={k: v[0] for k, v in fits.items()}, per_image={k: v[1] for k, v in fits.items()},
                           device=cfg.device, probe_batches=tuple(probe_batches), assumption=assumption, probes=probes)
 
