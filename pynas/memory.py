@@ -26,11 +26,15 @@ soft step; which ones is random. The estimate takes the worst case: α is set so
 that every edge draws the operation whose forward keeps the most activations
 (tried for each); with one sample per image (``--sample-per sample``) every
 operation runs somewhere in a large batch, so the step is measured with all of
-them (the soft Gumbel relaxation).
+them (the soft Gumbel relaxation). Every weight has its SGD momentum, as after
+a search long enough to have drawn every operation.
+
+On CPU the resident memory has a few MB of noise: when the peak grows less
+between the probes than one forward's activations (a tiny network), the second
+probe's batch is quadrupled (twice at most).
 """
 import dataclasses
 import gc
-import math
 import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -312,8 +316,8 @@ def format_estimate(est: MemoryEstimate, budget: Optional[int] = None, option: s
 # -- `pynas bench memory` --------------------------------------------------------------
 
 # The options of `pynas search` that size its step (their names, choices and defaults are the search's).
-SIZE_OPTIONS = ("space", "method", "relaxation", "sample_per", "dataset", "C", "layers", "steps", "seed", "device",
-                "amp", "channels_last", "checkpoint_cells", "partial_channels")
+SIZE_OPTIONS = ("space", "s1_from", "method", "relaxation", "sample_per", "constraint", "dataset", "C", "layers",
+                "steps", "seed", "device", "amp", "channels_last", "checkpoint_cells", "partial_channels")
 
 
 def add_arguments(parser):
