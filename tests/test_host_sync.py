@@ -150,3 +150,28 @@ def test_the_soft_supernet_forward_compiles_into_one_graph(kw):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     for got, want in zip(torch.autograd.grad(out.square().sum(), params), expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+
+
+def _index_calls(fn):
+    """The advanced-indexing calls (an index list becomes a host tensor copied to the device)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name == "aten::index"]
+
+
+@pytest.mark.parametrize("method", ["darts", "gdas"])
+def test_edges_pick_their_weight_columns_without_building_an_index_each_call(method):
+    # weights[..., [1, ..., 7]] would build an index tensor on the host and copy it to the
+    # device for every edge of every step; ranges are views, other column sets a cached index.
+    model = network(method)
+    x = batches(1)[0][0]
+    model(x)  # first call: any index is built and cached here
+    assert _index_calls(lambda: model(x)) == []
+    edge = model.cells[0].edges[0]
+    w = torch.arange(2 * 8, dtype=torch.float64).view(2, 8)
+    for run in ([1, 2, 3, 4, 5, 6, 7], [4], [2, 5, 6], []):
+        got = edge._columns(w, run)
+        torch.testing.assert_close(got, w[..., run], rtol=0, atol=0)
+        if len(run) == 1 or run == list(range(1, 8)):
+            assert got.data_ptr() == w[..., run[0]:].data_ptr()  # a view
+    assert list(edge._column_index) == [((2, 5, 6), w.device)]  # the one non-range set, cached

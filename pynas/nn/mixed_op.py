@@ -43,6 +43,7 @@ class MixedOp(nn.Module):
         # DARTS follows each pool by a non-affine BatchNorm in the supernet; NAS-Bench-201 does not.
         self.ops = nn.ModuleList([build_op(self.names[k], C, stride, affine, search=pool_bn) for k in self.materialised])
         self._slot = {k: i for i, k in enumerate(self.materialised)}
+        self._column_index = {}  # (columns, device) -> index tensor (see _columns)
 
     @classmethod
     def from_modules(cls, candidates: Mapping[str, nn.Module]) -> "MixedOp":
@@ -58,6 +59,7 @@ class MixedOp(nn.Module):
         op.materialised = [k for k, name in enumerate(op.names) if name != "none"]
         op.ops = nn.ModuleList([candidates[op.names[k]] for k in op.materialised])
         op._slot = {k: i for i, k in enumerate(op.materialised)}
+        op._column_index = {}
         return op
 
     def candidates(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[int]] = None
@@ -76,7 +78,21 @@ class MixedOp(nn.Module):
                 outputs.append(op.after_relu(relu))
             else:
                 outputs.append(op(x))
-        return outputs, weights[..., run]
+        return outputs, self._columns(weights, run)
+
+    def _columns(self, weights: torch.Tensor, run: List[int]) -> torch.Tensor:
+        """``weights[..., run]`` without a host-to-device copy of ``run`` each call:
+        a view when ``run`` is a range (every op but ``none``, or GDAS' one op),
+        else an index kept on the weights' device."""
+        if not run:
+            return weights[..., :0]
+        if run == list(range(run[0], run[-1] + 1)):
+            return weights[..., run[0]: run[-1] + 1]
+        key = (tuple(run), weights.device)
+        index = self._column_index.get(key)
+        if index is None:
+            index = self._column_index[key] = torch.tensor(run, dtype=torch.long, device=weights.device)
+        return weights.index_select(-1, index)
 
     def operated(self, x: torch.Tensor) -> torch.Tensor:
         """The channels the operations see: the first C/K (PC-DARTS' code takes a fixed slice)."""
