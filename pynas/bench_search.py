@@ -202,11 +202,14 @@ class _DepthwiseRecomputed:
             return self.model(x)
 
 
-def use_path(strategy, path: str, noise: Optional[Noise] = None, recompute_depthwise: bool = False) -> None:
+def use_path(strategy, path: str, noise: Optional[Noise] = None, recompute_depthwise: bool = False,
+             checkpoint_cells: bool = False) -> None:
     """Makes ``strategy`` compute its supernet along ``path`` (``fused``, with the
-    depthwise outputs recomputed in backward if asked, or ``eager``)."""
+    depthwise outputs recomputed in backward and each cell checkpointed if asked,
+    or ``eager``)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    strategy.model.checkpoint_cells = path == "fused" and checkpoint_cells
     if path == "eager":
         strategy.forward = EagerSupernet(strategy.model, noise)
     else:
@@ -222,13 +225,14 @@ def _sync(device):
 
 
 def step_gradients(method: str, path: str, C: int, layers: int, image_size: int, batch_size: int,
-                   dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False) -> Dict[str, list]:
+                   dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False,
+                   checkpoint_cells: bool = False) -> Dict[str, list]:
     """The loss of one search step along ``path``, the gradients it leaves
     (``weights``, ``alpha``; the optimisers do not step) and the model's
     ``buffers`` after it (BatchNorm statistics). The eager path draws the fused
     kernel's Gumbel noise, so both see the same samples."""
     model, strategy = build(method, C, layers, dtype=dtype, seed=seed)
-    use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise)
+    use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise, checkpoint_cells)
     strategy.w_opt.step = lambda *a, **k: None
     if strategy.a_opt is not None:
         strategy.a_opt.step = lambda *a, **k: None
@@ -252,14 +256,15 @@ def threads(n: int):
 
 
 def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_depthwise: bool = False,
-                **size) -> Dict[str, float]:
+                checkpoint_cells: bool = False, **size) -> Dict[str, float]:
     """Asserts that both paths give the same loss, gradients and BatchNorm
     statistics for ``method`` (float64, a small network); returns the largest
     difference of each."""
     size = {**CHECK, **size}
     with threads(1):
         eager = step_gradients(method, "eager", **size)
-        fused = step_gradients(method, "fused", recompute_depthwise=recompute_depthwise, **size)
+        fused = step_gradients(method, "fused", recompute_depthwise=recompute_depthwise,
+                               checkpoint_cells=checkpoint_cells, **size)
     diffs = {}
     for key in eager:
         for i, (a, b) in enumerate(zip(fused[key], eager[key])):
@@ -273,7 +278,8 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
 
 
 def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
-               device="cpu", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> Dict[str, dict]:
+               device="cpu", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
+               checkpoint_cells: bool = False) -> Dict[str, dict]:
     """Seconds per search step of both paths over one model, the paths taking
     turns step by step (so drift on a shared machine favours neither)."""
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
@@ -281,7 +287,7 @@ def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: in
     times = {p: [] for p in PATHS}
     for i in range(warmup + steps):
         for path in PATHS:
-            use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+            use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
             _sync(device)
             start = time.perf_counter()
             strategy.step(train, val)
@@ -295,30 +301,86 @@ def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: in
     return out
 
 
-def saved_activations_mb(model, forward, batch) -> float:
-    """MB of the tensors one forward of the training loss keeps for backward
-    (unique storages, the parameters left out): the activation memory, the same
-    on any device. Tensors kept as recomputation recipes do not count."""
+def _saved_storages(model, forward, x, cells: bool = False):
+    """The storages one forward of the training loss keeps for backward (unique,
+    the parameters left out), ``{data_ptr: bytes}``; with ``cells``, also
+    ``[{data_ptr: bytes}]`` of the saves made inside each cell and ``{data_ptr:
+    bytes}`` of the cells' tensor arguments (what a checkpointed cell keeps)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
+    saved, per_cell, arguments, current = {}, [], {}, []
 
     def pack(t):
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
             saved[storage.data_ptr()] = storage.nbytes()
+            if current:
+                per_cell[current[-1]][storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(forward(batch[0]), batch[1])
+    def enter(i):
+        def hook(module, args):
+            per_cell.append({}) if len(per_cell) <= i else None
+            current.append(i)
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    arguments[a.untyped_storage().data_ptr()] = a.untyped_storage().nbytes()
+        return hook
+
+    hooks = []
+    if cells:
+        for i, cell in enumerate(model.cells):
+            hooks += [cell.register_forward_pre_hook(enter(i)),
+                      cell.register_forward_hook(lambda *_: (current.pop(), None)[1])]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(forward(x[0]), x[1])
+    finally:
+        for h in hooks:
+            h.remove()
     del loss
-    return sum(saved.values()) / 2 ** 20
+    return (saved, per_cell, arguments) if cells else saved
+
+
+def saved_activations_mb(model, forward, batch) -> float:
+    """MB of the tensors one forward of the training loss keeps for backward
+    (unique storages, the parameters left out): the activation memory, the same
+    on any device. Tensors kept as recomputation recipes do not count (their
+    inputs do). With ``model.checkpoint_cells`` see :func:`checkpointed_activations_mb`."""
+    if getattr(model, "checkpoint_cells", False):
+        return checkpointed_activations_mb(model, forward, batch)["peak_mb"]
+    return sum(_saved_storages(model, forward, batch).values()) / 2 ** 20
+
+
+def checkpointed_activations_mb(model, forward, batch) -> Dict[str, float]:
+    """What a forward + backward with each cell checkpointed keeps at its largest
+    (``peak_mb``), counted from saved storages: ``forward_mb``, what the
+    checkpointed forward keeps for backward (the saves outside the cells, and
+    every cell's tensor arguments, which torch.utils.checkpoint holds), plus
+    ``cell_mb``, the most one cell's recomputation saves while that cell's
+    backward runs (the cell's saves in a forward without checkpointing, less
+    storages already counted; the cells after it are done and their recomputed
+    tensors freed by then). Gradients in flight are not counted, as in the paths
+    without checkpointing."""
+    before = model.checkpoint_cells
+    try:
+        model.checkpoint_cells = True
+        saved, _, arguments = _saved_storages(model, forward, batch, cells=True)
+        kept = {**saved, **arguments}
+        model.checkpoint_cells = False
+        _, per_cell, _ = _saved_storages(model, forward, batch, cells=True)
+    finally:
+        model.checkpoint_cells = before
+    cell = max(sum(b for ptr, b in c.items() if ptr not in kept) for c in per_cell)
+    forward_mb, cell_mb = sum(kept.values()) / 2 ** 20, cell / 2 ** 20
+    return dict(forward_mb=forward_mb, cell_mb=cell_mb, peak_mb=forward_mb + cell_mb)
 
 
 def activations_mb(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int, device="cpu",
-                   seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> float:
+                   seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
+                   checkpoint_cells: bool = False) -> float:
     """:func:`saved_activations_mb` of one forward along ``path``."""
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
     return saved_activations_mb(model, strategy.forward, make_batches(batch_size, image_size, device, seed=seed)[0])
 
 
@@ -333,7 +395,8 @@ def _proc_status_mb(field: str) -> float:
 
 def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                    steps: int = 2, device="cpu", seed: int = 0, threads: Optional[int] = None,
-                   recompute_depthwise: bool = False, layout: str = "auto", warmup: int = 0) -> dict:
+                   recompute_depthwise: bool = False, layout: str = "auto", warmup: int = 0,
+                   checkpoint_cells: bool = False) -> dict:
     """Peak memory of ``steps`` search steps along ``path``, in MB: CUDA max
     allocated, or on CPU the peak RSS of this process (call it in a fresh one:
     see :func:`memory_in_subprocess`); ``baseline_mb`` after the model, its
@@ -343,7 +406,7 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
         torch.set_num_threads(threads)
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -390,14 +453,15 @@ def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dic
 
 
 def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
-                 device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto") -> str:
+                 device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
+                 checkpoint_cells: bool = False) -> str:
     """torch.profiler tables of one search step after a warm-up step: the top
     operators by self time and by the memory they allocate themselves."""
     from torch.profiler import ProfilerActivity, profile
 
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
     strategy.step(train, val)
     cuda = torch.device(device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -415,12 +479,12 @@ def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, i
 
 
 def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print,
-               layout: str = "auto") -> dict:
+               layout: str = "auto", checkpoint_cells: bool = False) -> dict:
     opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
-                recompute_depthwise=recompute_depthwise, layout=layout)
+                recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells)
     checks = {}
     for method in methods:
-        checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise)
+        checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
         log(f"{method}: eager and fused give the same loss, gradients and BatchNorm statistics")
     # On CPU each (method, path) is timed in the fresh process that measures its
     # memory: with both paths in one process glibc's heap fragmented past 24 GB
@@ -454,7 +518,10 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         rows.append(row)
         log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
     result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
-                  size=size, recompute_depthwise=recompute_depthwise, layout=layout,
+                  size=size, recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells,
+                  activations=("saved storages of one forward" if not checkpoint_cells else
+                               "saved storages; fused: the checkpointed forward's plus one cell's recomputation, "
+                               "the largest (bench_search.checkpointed_activations_mb)"),
                   memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
                   timing=("paths alternating step by step in one process" if device == "cuda"
                           else "each path in its own process (the one measuring its memory)"),
@@ -473,6 +540,7 @@ def format_table(result: dict) -> str:
             f"{result.get('date', '?')}: batch {s['batch_size']}, C = {s['C']}, {s['layers']} cells, "
             f"{s['image_size']}x{s['image_size']}; median of {s['steps']} steps after {s['warmup']}; "
             f"memory: {result['memory']}" + (f"; timing: {result['timing']}" if result.get("timing") else "") + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else "")
+            + ("; fused: cells checkpointed (act. MB: forward + one cell's recomputation)" if result.get("checkpoint_cells") else "")
             + (f"; layout: {result['layout']} (both paths)" if result.get("layout", "auto") != "auto" else ""))
     cols = [("img/s", "images_per_s", ".2f", "speedup"), ("peak MB", "peak_mb", ".0f", "memory_ratio"),
             ("+MB", "increase_mb", ".0f", "increase_ratio"), ("act. MB", "activations_mb", ".0f", "activations_ratio")]
@@ -495,6 +563,9 @@ def add_arguments(parser):
                             help=f"override the size (full: {FULL[name]}, quick: {QUICK[name]})")
     parser.add_argument("--recompute-depthwise", action="store_true",
                         help="fused path: recompute depthwise conv outputs in backward (pynas.nn.ops.recompute_depthwise)")
+    parser.add_argument("--checkpoint-cells", action="store_true",
+                        help="fused path: each cell checkpointed (SearchNetwork.checkpoint_cells); act. MB is then the "
+                             "checkpointed forward's saves plus the largest cell's recomputation")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto",
                         help="memory layout of both paths (auto: fused channels-last on CPU, eager NCHW)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -519,19 +590,21 @@ def run(args):
         for method in args.methods:
             for path in PATHS:
                 print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise,
-                                   layout=args.layout, **shape),
+                                   layout=args.layout, checkpoint_cells=args.checkpoint_cells, **shape),
                       flush=True)
         return 0
     # No keep_freed_memory() here (the ops benchmark's): glibc's default, as users
     # run it; with every block below 1 GB on the heap a batch-64 run passed 24 GB.
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
-                        log=lambda m: print(m, file=sys.stderr, flush=True), layout=args.layout)
+                        log=lambda m: print(m, file=sys.stderr, flush=True), layout=args.layout,
+                        checkpoint_cells=args.checkpoint_cells)
     result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
                   quick=args.quick)
     print(format_table(result), flush=True)
     if args.out:
         name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"
+                f"{'-checkpoint' if args.checkpoint_cells else ''}"
                 f"{'' if args.layout == 'auto' else '-' + args.layout}"
                 f"-{stamp:%Y%m%d}.json")
         path = os.path.join(args.out, name)

@@ -105,6 +105,10 @@ def _add_search_arguments(parser):
     g.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    g.add_argument("--checkpoint-cells", action="store_true",
+                   help="per-cell activation checkpointing: each cell is computed again in backward (about one "
+                        "cell's activations kept instead of all; time reported by pynas bench search) "
+                        "(default: %(default)s)")
     g.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (or launch with torchrun)")
     for action in parser._actions:  # `--help` shows every default, also of options without a help text

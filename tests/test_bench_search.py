@@ -14,7 +14,7 @@ from pynas.cli import main
 from pynas.nn import SearchNetwork
 from pynas.nn.ops import build_op, default_lean, lean_forms, plain_forms, recompute_depthwise
 
-LEAN = dict(bn_output=True, pool_indices=True, sep_relu=True)  # on whatever the layout's default
+LEAN = dict(bn_output=True, pool_indices=True, sep_relu=True, pool_bn=True)  # on whatever the layout's default
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -106,7 +106,7 @@ def test_lean_forms_keep_fewer_activations():
 
 def test_lean_forms_default_to_on_in_channels_last_on_cpu_and_off_in_nchw():
     x = torch.randn(2, 8, 6, 6)
-    for form in ("bn_output", "pool_indices", "sep_relu"):
+    for form in ("bn_output", "pool_indices", "sep_relu", "pool_bn"):
         assert default_lean(form, x.contiguous(memory_format=torch.channels_last))
         assert not default_lean(form, x)
     assert not default_lean("depthwise", x.contiguous(memory_format=torch.channels_last))

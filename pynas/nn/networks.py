@@ -1,13 +1,16 @@
 """Supernets: the DARTS CIFAR search network (any C, depth, nodes, classes,
 input channels or image size) and a network of the wiring paper's minimal cells."""
+import contextlib
 from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from ..arch import Architecture, EdgeWeights
 from .cells import SearchCell, cell_edges
 from .layout import check_channels_last, network_input
+from .ops import recomputing, saves_recomputed
 from .partial import check_partial_channels
 from .spaces import get_space
 
@@ -23,6 +26,11 @@ class SearchNetwork(nn.Module):
     computes in (None: channels-last for float CPU inputs when C >= 8, see
     :func:`pynas.nn.layout.network_input`); ``classifier_bias=False`` makes the
     logits linear in the last cell's output (wiring paper, Thm. 2).
+    ``checkpoint_cells``: in training, each cell keeps only its inputs for
+    backward and is computed again there (``torch.utils.checkpoint``, the RNG
+    state restored so `noise` draws the same samples; BatchNorm running
+    statistics updated once): activation memory of about one cell, for a
+    second forward of every cell.
     ``partial_channels`` K > 1: PC-DARTS (partial channel connections on every
     edge, and β's edge normalisation in a new ``arch``); K must divide C.
     """
@@ -31,7 +39,7 @@ class SearchNetwork(nn.Module):
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
                  inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
                  channels_last: Optional[bool] = None, classifier_bias: bool = True, partial_channels: int = 1,
-                 **arch_kwargs):
+                 checkpoint_cells: bool = False, **arch_kwargs):
         super().__init__()
         self.C = C
         check_partial_channels(partial_channels, C, "SearchNetwork: `partial_channels`")
@@ -67,6 +75,7 @@ class SearchNetwork(nn.Module):
         # Without bias the logits are linear in the last cell's output, as the wiring paper's Thm. 2 assumes.
         self.classifier = nn.Linear(C_p, num_classes, bias=classifier_bias)
         self.record_edge_weights = False
+        self.checkpoint_cells = bool(checkpoint_cells)
         self.last_edge_weights = []
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
@@ -84,7 +93,7 @@ class SearchNetwork(nn.Module):
         self.last_edge_weights = []
         if self.arch.sample_per != "cell":  # every cell type's sample at once: one host transfer under hard samples
             shared = self.arch.weights_of(self._cell_types(), batch_size=x.size(0))
-        for cell in self.cells:
+        for cell in self._cell_runs():
             cell_type = "reduce" if cell.reduction else "normal"
             if self.arch.sample_per == "cell" or cell_type not in shared:
                 shared[cell_type] = self.arch.weights(cell_type, batch_size=x.size(0))
@@ -94,10 +103,53 @@ class SearchNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, w.weights, w.active, w.edge)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
+    def _cell_runs(self):
+        """The cells as this forward calls them: inside ``saves_recomputed`` (so the
+        operations' lean forms reach the nodes' ``mixed_sum``, see pynas.nn.ops) and,
+        with ``checkpoint_cells`` in training, each through ``torch.utils.checkpoint``."""
+        checkpoint = self.checkpoint_cells and self.training and torch.is_grad_enabled()
+        if checkpoint:
+            for cell in self.cells:
+                if cell.cost_recorder is not None or cell.state_observer is not None:
+                    raise ValueError("SearchNetwork: `checkpoint_cells` cannot run with a cell's cost_recorder or "
+                                     "state_observer (its forward runs twice); set checkpoint_cells=False")
+        return [_CellRun(cell, checkpoint) for cell in self.cells]
+
     def _cell_types(self):
         """The cell types in the order the cells use them first."""
         types = ["reduce" if cell.reduction else "normal" for cell in self.cells]
         return sorted(set(types), key=types.index)
+
+
+class _CellRun:
+    """One call of a cell within ``SearchNetwork.forward`` (see ``_cell_runs``)."""
+
+    def __init__(self, cell: SearchCell, checkpoint: bool):
+        self.cell, self.checkpoint = cell, checkpoint
+        self.reduction = cell.reduction
+
+    def __call__(self, *args):
+        if not self.checkpoint:
+            with saves_recomputed():
+                return self.cell(*args)
+        # Tensors go through checkpoint's arguments (kept, and detached for the recomputation);
+        # the rest (the active columns) is the same in the recomputation.
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        others = {i: a for i, a in enumerate(args) if i not in tensors}
+
+        def run(*tensor_args):
+            full = {**others, **dict(zip(tensors, tensor_args))}
+            with saves_recomputed():
+                return self.cell(*(full[i] for i in range(len(args))))
+
+        return torch.utils.checkpoint.checkpoint(run, *(args[i] for i in tensors), use_reentrant=False,
+                                                 context_fn=_recomputing_context)
+
+
+def _recomputing_context():
+    """checkpoint's contexts: none for the forward, :func:`pynas.nn.ops.recomputing`
+    (BatchNorm running statistics left alone) for the recomputation."""
+    return contextlib.nullcontext(), recomputing()
 
 
 def minimal_cell_network(C: int = 16, num_classes: int = 10, layers: int = 8, space="darts", **kwargs) -> SearchNetwork:

@@ -16,6 +16,7 @@ choice of :func:`lean_forms` with a default per device and layout;
 On CPU the networks compute in channels-last (:mod:`pynas.nn.layout`).
 """
 import contextlib
+import functools
 from typing import Callable, Dict, Optional
 
 import torch
@@ -27,43 +28,61 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 # -- Lean training forms ----------------------------------------------------------
 #
 # What a DARTS edge keeps for backward, counted in activations of its input's
-# size: plain PyTorch keeps, per op, each conv and pool output (the next layer's
-# input), each BatchNorm's input *and* output (the output for mixed_sum's α
-# gradient), each ReLU's output and a max pool's int64 indices (two
-# activations): 25 for the eight DARTS ops with one shared ReLU (29 with a ReLU
-# per op and `none` run). With the same math, in training:
-# - an affine-free BatchNorm keeps its output instead of its input (its input
-#   gradient needs only y and 1/σ), which frees the conv or pool output before
-#   it (6 per edge);
-# - a max pool keeps no indices: backward recomputes them from its input, which
-#   is kept anyway, a node of the cell (2);
-# - the ReLU inside a sep_conv is recomputed from the BatchNorm output it follows,
-#   which that BatchNorm keeps anyway (1 per sep_conv).
-# That leaves 15. recompute_depthwise(True) also recomputes each depthwise conv
-# output in backward (9): on CPU a depthwise forward costs a quarter to a half of
-# its backward, so it is a switch, for when memory is what limits the batch.
-# Weighted layers stay autograd's own nodes (a custom Function cannot tell which
-# gradients a backward asks for, so it would compute weight gradients in the α
-# step); what they keep is replaced by a recipe through saved-tensor hooks.
+# size (measured: benchmarks/README.md, "Activation memory"): plain PyTorch keeps,
+# per op, each conv and pool output (the next layer's input), each BatchNorm's
+# input *and* output (the output for mixed_sum's α gradient), each ReLU's output
+# and a max pool's int64 indices (two activations): 25 for the eight DARTS ops
+# with one shared ReLU (29 with a ReLU per op and `none` run, the eager path).
+# With the same math, in training:
+# - `bn_output`: an affine-free BatchNorm keeps its output instead of its input
+#   (its input gradient needs only y and 1/σ), which frees the conv or pool
+#   output before it (6 per edge);
+# - `pool_indices`: a max pool keeps no indices: backward recomputes them from
+#   its input, which is kept anyway, a node of the cell (2);
+# - `sep_relu`: the ReLU inside a sep_conv is recomputed from the BatchNorm
+#   output it follows, which that BatchNorm keeps anyway (1 per sep_conv).
+# That leaves 15: the shared ReLU output (1), per sep_conv its two depthwise
+# outputs and two BN outputs (4, x2), per dil_conv its depthwise and BN outputs
+# (2, x2), and each pool's BN output (1, x2), the last kept both by the BN and by
+# the node's mixed_sum (the same storage). Then:
+# - `pool_bn`: a pool + BN keeps only its input and 1/σ; its output is marked
+#   recomputable (saves_recomputed), so the BN's backward *and* the node's
+#   mixed_sum keep a recipe instead: pool and BN forward again in backward, the
+#   same ops on the same input, so bitwise the same tensor (2: 13 left). One
+#   recomputation serves both consumers. Normalising inside mixed_sum instead
+#   (issue 16's option (a)) saves nothing more here: the lean BN already keeps
+#   only its output, which mixed_sum shares; it would keep the pre-BN tensor
+#   instead, the same size.
+# - `depthwise`: each depthwise conv output is recomputed in backward (6: 7 left,
+#   0.27x eager's activations for the whole DARTS supernet, 0.45x without it).
+# The shared ReLU output (1) is left: MixedOp applies that ReLU. Weighted layers
+# stay autograd's own nodes (a custom Function cannot tell which gradients a
+# backward asks for, so it would compute weight gradients in the α step); what
+# they keep is replaced by a recipe through saved-tensor hooks, which compose
+# with the hooks below them (torch.utils.checkpoint's, a counter's).
 #
 # Each trade is a choice (lean_forms): True, False, or None for the default of
 # the device and layout the operation runs in (default_lean):
 # - CPU, channels-last (the networks' CPU default): every form but `depthwise`.
-#   Measured (benchmarks/README.md): fused with them beats eager in channels-last.
+#   `pool_bn` adds one average pool and two BatchNorm forwards per edge in
+#   backward (~2-3 % of an edge's time, within the step-time noise measured);
+#   `depthwise` adds six depthwise convolutions per edge (~10 % of the step at
+#   batch 16, benchmarks/README.md), so on CPU it stays a switch for when memory
+#   limits the batch: the CPU default keeps 0.45x eager's activations, 0.27x with it.
 # - CPU, NCHW: none. There the recomputations made the fused step slower than
 #   eager in NCHW (0.81x: oneDNN's NCHW pools and depthwise convs are slow, so
 #   doing them again in backward costs more than the fused sums save); the plain
 #   forms run what eager runs minus `none`, the per-op ReLUs and the Python sums.
-# - CUDA (networks stay NCHW): every form but `depthwise`. What they recompute
-#   is elementwise or a 3x3 pool, memory-bound work a few percent the size of a
-#   step's convolutions, and they are what brings activations to ~0.5x eager's
-#   (the GPU memory target, <= 0.6x); `depthwise` recomputes convolutions, so it
-#   stays a switch for when memory limits the batch. To be confirmed by the first
-#   GPU run (benchmarks/gpu_check.sh reports fused vs eager).
+# - CUDA (networks stay NCHW): every form, `depthwise` included: a depthwise conv
+#   is memory-bound on a GPU (a few FLOPs per byte), so computing it again costs
+#   about what reading its kept output would, while GPU memory is what limits the
+#   batch; 0.27x eager's activations. Not yet measured on a GPU
+#   (benchmarks/gpu_check.sh reports fused vs eager; lean_forms(depthwise=False)
+#   switches it off).
 
-LEAN_FORMS = ("bn_output", "pool_indices", "sep_relu", "depthwise")
+LEAN_FORMS = ("bn_output", "pool_indices", "sep_relu", "depthwise", "pool_bn")
 _PLAIN = False
-_CHOICES: Dict[str, Optional[bool]] = {"bn_output": None, "pool_indices": None, "sep_relu": None, "depthwise": False}
+_CHOICES: Dict[str, Optional[bool]] = {form: None for form in LEAN_FORMS}
 
 
 @contextlib.contextmanager
@@ -74,7 +93,9 @@ def lean_forms(**choices: Optional[bool]):
     - ``bn_output``: affine-free BatchNorm keeps its output, not its input;
     - ``pool_indices``: max pools recompute their indices in backward;
     - ``sep_relu``: the ReLU inside a sep_conv is recomputed in backward;
-    - ``depthwise``: depthwise conv outputs are recomputed in backward (default off).
+    - ``depthwise``: depthwise conv outputs are recomputed in backward;
+    - ``pool_bn``: a pool's BatchNorm output (and the pool's) is recomputed in
+      backward from the pool's input and the batch statistics.
 
     The decisions are taken in the forward pass."""
     unknown = set(choices) - set(LEAN_FORMS)
@@ -95,10 +116,8 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 def default_lean(form: str, x: torch.Tensor) -> bool:
     """Whether ``form`` is on by default for input ``x`` (see the comment above)."""
-    if form == "depthwise":
-        return False
     if x.device.type == "cpu":
-        return _channels_last(x)
+        return form != "depthwise" and _channels_last(x)
     return True
 
 
@@ -168,16 +187,46 @@ class _BatchNormKeepingOutput(torch.autograd.Function):
         return dx, None, None, None, None
 
 
+_RECOMPUTING = False
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Within the block, a forward is a recomputation of one already done (activation
+    checkpointing): pynas' BatchNorm layers normalise by the batch as before but leave
+    their running statistics and ``num_batches_tracked`` alone (updated once, by the
+    first forward)."""
+    global _RECOMPUTING
+    before, _RECOMPUTING = _RECOMPUTING, True
+    try:
+        yield
+    finally:
+        _RECOMPUTING = before
+
+
+def _bn_momentum(bn: nn.BatchNorm2d) -> float:
+    """Counts the batch and returns the running statistics' momentum (as nn.BatchNorm2d)."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d``; without affine parameters, in training, it keeps its
-    output for backward instead of its input."""
+    output for backward instead of its input. Within :func:`recomputing` its
+    running statistics are left alone."""
 
     def forward(self, x):
+        recompute = _RECOMPUTING and self.training and self.track_running_stats
         if self.affine or not self.track_running_stats or not _use("bn_output", self, x):
+            if recompute:  # copies of the statistics take the update (autograd saves what the forward saved)
+                self._check_input_dim(x)
+                return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight, self.bias,
+                                    True, 0.0 if self.momentum is None else self.momentum, self.eps)
             return super().forward(x)
         self._check_input_dim(x)
-        self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if recompute:
+            return _BatchNormKeepingOutput.apply(x, None, None, 0.0, self.eps)[0]
+        momentum = _bn_momentum(self)
         return _BatchNormKeepingOutput.apply(x, self.running_mean, self.running_var, momentum, self.eps)[0]
 
 
@@ -241,35 +290,70 @@ class _ReLUKeepingInput(torch.autograd.Function):
 
 
 class _Recipe:
-    """How to compute a tensor again, from ``inputs`` as they were."""
+    """How to compute a tensor again: ``compute(*inputs)``, from ``inputs`` as they were."""
 
     def __init__(self, compute, inputs):
-        self.compute, self.inputs = compute, [(t, t._version) for t in inputs]
-
-    def __call__(self):
-        if any(t._version != v for t, v in self.inputs):
-            raise RuntimeError("pynas: a tensor that a lean operation recomputes from in backward was modified "
-                               "in place after the forward pass")
-        return self.compute()
+        self.compute, self.inputs = compute, list(inputs)
+        self.versions = [t._version for t in self.inputs]
 
 
-def _unpack(packed):
-    return packed() if isinstance(packed, _Recipe) else packed
+class _PackedRecipe:
+    """A recipe as saved: its inputs packed by the hooks below ours (torch.utils.checkpoint's,
+    a counter's), so that those still see, and may drop, every tensor it refers to."""
+
+    __slots__ = ("compute", "inputs", "versions")
+
+    def __init__(self, compute, inputs, versions):
+        self.compute, self.inputs, self.versions = compute, inputs, versions
 
 
-def _saved_as(compute, inputs, which):
-    """Within the block, autograd saves ``which`` as a recipe, ``compute()`` (from
-    ``inputs``), run again when backward unpacks it. Autograd's own nodes still
-    compute the gradients (only those a backward asks for); under
-    ``create_graph`` the recomputation is recorded, so double backward sees it.
-    Nothing here refers to ``which`` itself (it is to be freed)."""
-    recipe = _Recipe(compute, inputs)
-    key = (which.data_ptr(), which.shape, which.stride())
+def recomputable(t: torch.Tensor, compute, inputs) -> torch.Tensor:
+    """Marks ``t`` as ``compute(*inputs)``: saved for backward within
+    :func:`saves_recomputed` (by any operation: the next layer, a node's
+    ``mixed_sum``), it is kept as that recipe and computed again when backward
+    unpacks it. ``compute`` must give bitwise the same tensor."""
+    t._pynas_recipe = (_Recipe(compute, inputs), t._version)
+    return t
+
+
+def _is_ours(hooks) -> bool:
+    return hooks is not None and getattr(hooks[0], "_pynas_recipes", False)
+
+
+def saves_recomputed():
+    """Within the block, autograd saves each tensor marked by :func:`recomputable`
+    (and unmodified since) as its recipe. Composes with the saved-tensor hooks
+    active when it is entered (the recipe's inputs and every other tensor go
+    through them: checkpointing and counting still see everything). Autograd's own
+    nodes still compute the gradients (only those a backward asks for); under
+    ``create_graph`` the recomputation is recorded, so double backward sees it."""
+    if torch.compiler.is_compiling():  # the lean forms are off there (the partitioner chooses what to recompute)
+        return contextlib.nullcontext()
+    top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if _is_ours(top):
+        return contextlib.nullcontext()
+    outer_pack, outer_unpack = top if top is not None else (None, None)
 
     def pack(t):
-        return recipe if (t.data_ptr(), t.shape, t.stride()) == key else t
+        marked = getattr(t, "_pynas_recipe", None)
+        if marked is not None and marked[1] == t._version:
+            recipe = marked[0]
+            if all(i._version == v for i, v in zip(recipe.inputs, recipe.versions)):
+                inputs = [outer_pack(i) for i in recipe.inputs] if outer_pack else recipe.inputs
+                return _PackedRecipe(recipe.compute, inputs, recipe.versions)
+        return outer_pack(t) if outer_pack else t
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, _unpack)
+    def unpack(packed):
+        if not isinstance(packed, _PackedRecipe):
+            return outer_unpack(packed) if outer_unpack else packed
+        inputs = [outer_unpack(i) for i in packed.inputs] if outer_unpack else packed.inputs
+        if any(i._version != v for i, v in zip(inputs, packed.versions)):
+            raise RuntimeError("pynas: a tensor that a lean operation recomputes from in backward was modified "
+                               "in place after the forward pass")
+        return packed.compute(*inputs)
+
+    pack._pynas_recipes = True
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 class DepthwiseSeparable(nn.Sequential):
@@ -291,16 +375,18 @@ class DepthwiseSeparable(nn.Sequential):
         if not (lean_relu or lean_dw):
             return bn(pw(dw(F.relu(x) if relu else x)))
         r = (_ReLUKeepingInput.apply(x) if lean_relu else F.relu(x)) if relu else x
-        with _saved_as(lambda: F.relu(x), [x], which=r) if lean_relu else contextlib.nullcontext():
+        if lean_relu:
+            recomputable(r, F.relu, [x])
+        with saves_recomputed():
             h = dw(r)
-        if not lean_dw:
+            if lean_dw:
+                recomputable(h, functools.partial(_depthwise, dw, relu), [x, dw.weight])
             return bn(pw(h))
-        recompute = lambda: F.conv2d(F.relu(x) if relu else x, dw.weight, None, dw.stride, dw.padding, dw.dilation,
-                                     dw.groups)
-        with _saved_as(recompute, [x, dw.weight], which=h):
-            y = pw(h)
-        return bn(y)
 
+
+def _depthwise(dw: nn.Conv2d, relu: bool, x, weight):
+    """``dw(relu(x) if relu else x)``, as the depthwise recipe (bitwise dw's forward)."""
+    return F.conv2d(F.relu(x) if relu else x, weight, None, dw.stride, dw.padding, dw.dilation, dw.groups)
 
 
 class ReLUFirst(nn.Module):
@@ -436,6 +522,104 @@ OPS: Dict[str, OpConstructor] = {
     "nor_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine),
 }
 
+def _pool(pool: nn.Module, x, indices: bool = False):
+    """``pool(x)`` as its plain PyTorch op (a max pool also returns its indices with ``indices``)."""
+    k, s, p = _pool_args(pool)
+    if isinstance(pool, nn.MaxPool2d):
+        return F.max_pool2d(x, k, s, p, return_indices=indices)
+    return F.avg_pool2d(x, k, s, p, pool.ceil_mode, pool.count_include_pad, pool.divisor_override)
+
+
+def _pool_backward(pool: nn.Module, dp, x, indices):
+    k, s, p = _pool_args(pool)
+    if isinstance(pool, nn.MaxPool2d):
+        if indices is None:
+            indices = F.max_pool2d(x, k, s, p, return_indices=True)[1]
+        return torch.ops.aten.max_pool2d_with_indices_backward(dp, x, k, s, p, [1, 1], False, indices)
+    return torch.ops.aten.avg_pool2d_backward(dp, x, k, s, p, pool.ceil_mode, pool.count_include_pad,
+                                              pool.divisor_override)
+
+
+def _batch_norm(p, eps: float, running_mean=None, running_var=None, momentum: float = 0.0):
+    """``(y, mean, 1/σ)`` of an affine-free training-mode BatchNorm: BatchNorm's own kernel,
+    in the forward and in its recomputation alike (the same op on the same input: the same y)."""
+    return torch.native_batch_norm(p, None, None, running_mean, running_var, True, momentum, eps)
+
+
+def _pool_bn_output(pool, eps: float, memo: dict, x):
+    """The lean pool + BN's output again, from its input (the recipe its consumers keep):
+    left in ``memo`` (with a max pool's indices) for the op's own backward, which comes
+    next, so that one recomputation serves both. Under ``create_graph`` (a double
+    backward) it is recorded, differentiable in x through the batch statistics too."""
+    if torch.is_grad_enabled():
+        return F.batch_norm(_pool(pool, x), None, None, None, None, True, 0.0, eps)
+    p = _pool(pool, x, indices=isinstance(pool, nn.MaxPool2d))
+    if isinstance(p, tuple):
+        p, memo["indices"] = p
+    memo["y"] = y = _batch_norm(p, eps)[0]
+    return y
+
+
+class _PoolBNRecomputed(torch.autograd.Function):
+    """``BN(pool(x))`` for an affine-free BN in training that keeps, for backward,
+    only x (a node of the cell, kept anyway) and the batch's 1/σ: backward computes
+    the pool and the BN output again (bitwise: the same ops on the same input), and
+    the output is marked :func:`recomputable` for the node's ``mixed_sum``, which
+    saves it for α's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, pool, memo, running_mean, running_var, momentum, eps):
+        y, _, invstd = _batch_norm(_pool(pool, x), eps, running_mean, running_var, momentum)
+        ctx.pool, ctx.memo, ctx.eps = pool, memo, eps
+        ctx.save_for_backward(x, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, invstd = ctx.saved_tensors
+        pool = ctx.pool
+        if torch.is_grad_enabled():  # a double backward follows: the plain form's gradient at the saved x
+            y = F.batch_norm(_pool(pool, x), None, None, None, None, True, 0.0, ctx.eps)
+            return (torch.autograd.grad(y, x, dy, create_graph=True)[0],) + (None,) * 6
+        if "y" not in ctx.memo:  # nothing unpacked the recipe before (e.g. mixed_sum's weights need no gradient)
+            _pool_bn_output(pool, ctx.eps, ctx.memo, x)
+        y, indices = ctx.memo.pop("y"), ctx.memo.pop("indices", None)
+        dp = torch.ops.aten.native_batch_norm_backward(
+            dy, y, invstd, None, None, torch.zeros_like(invstd), torch.ones_like(invstd), True, ctx.eps,
+            [True, False, False])[0]
+        return (_pool_backward(pool, dp, x, indices),) + (None,) * 6
+
+
+class PoolBN(nn.Sequential):
+    """A pool followed by an affine-free BatchNorm (the supernet's pools, DARTS).
+    In training its lean form (``pool_bn``) keeps neither the pool's nor the BN's
+    output: both are recomputed in backward from the input and the batch statistics."""
+
+    def forward(self, x):
+        pool, bn = self
+        if (bn.affine or not bn.track_running_stats or x.dim() != 4 or not _use("pool_bn", self, x)
+                or not _lean_pool(pool)):
+            return super().forward(x)
+        bn._check_input_dim(x)
+        if _RECOMPUTING:
+            running_mean = running_var = None
+            momentum = 0.0
+        else:
+            running_mean, running_var, momentum = bn.running_mean, bn.running_var, _bn_momentum(bn)
+        memo = {}
+        y = _PoolBNRecomputed.apply(x, pool, memo, running_mean, running_var, momentum, bn.eps)
+        return recomputable(y, functools.partial(_pool_bn_output, pool, bn.eps, memo), [x])
+
+
+def _lean_pool(pool: nn.Module) -> bool:
+    """Whether the lean pool + BN computes ``pool`` (a square max pool without dilation, or an average pool)."""
+    if _pool_args(pool) is None:
+        return False
+    if isinstance(pool, nn.MaxPool2d):
+        return pool.dilation == 1 and not pool.ceil_mode and not pool.return_indices
+    return isinstance(pool, nn.AvgPool2d)
+
+
 # Parameter-free operations; in a search supernet they are followed by a
 # BatchNorm without affine parameters when they are pools (DARTS; SNAS App. G.1).
 POOLS = {"max_pool_3x3", "avg_pool_3x3"}
@@ -459,5 +643,5 @@ def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False)
         raise ValueError(f"unknown operation {name!r}; known: {sorted(OPS)} (add one with pynas.nn.register_op)")
     op = OPS[name](C, stride, affine)
     if search and name in POOLS:
-        op = nn.Sequential(op, BatchNorm2d(C, affine=False))
+        op = PoolBN(op, BatchNorm2d(C, affine=False))
     return op

@@ -88,6 +88,7 @@ class RunConfig:
     amp: str = "none"  # "bf16": autocast
     channels_last: bool = False
     compile: bool = False
+    checkpoint_cells: bool = False  # per-cell activation checkpointing (SearchNetwork.checkpoint_cells)
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
     constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
@@ -218,6 +219,11 @@ class RunConfig:
         if self.method == "sgas" and self.first_decision < self.warmup_epochs:
             raise ValueError(f"--first-decision ({self.first_decision}) must not come before the end of "
                              f"--warmup-epochs ({self.warmup_epochs})")
+        if self.checkpoint_cells and (self.space == "nb201" or self.compile or self.log_grad_correlation
+                                      or self.log_prob_grad):
+            raise ValueError("--checkpoint-cells needs a DARTS-style space (not nb201) and runs without --compile, "
+                             "--log-grad-correlation and --log-prob-grad (they observe a cell's forward, which "
+                             "checkpointing runs twice)")
         if self.max_memory is not None:
             from ..memory import budget_bytes
 
@@ -295,6 +301,7 @@ def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
         strategy.autocast_dtype = torch.bfloat16
     if cfg.compile:
         strategy.forward = torch.compile(model)
+    model.checkpoint_cells = cfg.checkpoint_cells  # SearchNetwork's per-cell activation checkpointing
     return model, strategy
 
 

@@ -1,0 +1,180 @@
+"""Memory forms of issue 16: the pools' BatchNorm output recomputed in backward
+(`pool_bn`, also where a node's mixed_sum saves it), recipes that compose with other
+saved-tensor hooks, and per-cell activation checkpointing (SearchNetwork.checkpoint_cells):
+each gives the plain computation's loss, gradients and BatchNorm statistics (float64)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pynas.bench_search import (build, check_paths, checkpointed_activations_mb, make_batches, saved_activations_mb,
+                                threads)
+from pynas.nn import SearchNetwork
+from pynas.nn.ops import build_op, lean_forms, plain_forms, recomputable, saves_recomputed
+
+ALL = dict(bn_output=True, pool_indices=True, sep_relu=True, depthwise=True, pool_bn=True)
+
+
+@pytest.mark.parametrize("name", ["max_pool_3x3", "avg_pool_3x3"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pool_bn_form_equals_the_plain_form(name, stride):
+    torch.manual_seed(0)
+    op = build_op(name, 4, stride, affine=False, search=True).double()
+    plain = build_op(name, 4, stride, affine=False, search=True).double()
+    x = torch.randn(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, (7 + stride - 1) // stride, (7 + stride - 1) // stride, dtype=torch.float64)
+    with threads(1), lean_forms(pool_bn=True):
+        for _ in range(2):  # running statistics over two batches (momentum and the unbiased variance)
+            y = op(x)
+            with plain_forms():
+                y_plain = plain(x)
+            torch.testing.assert_close(y, y_plain)
+            (dx,) = torch.autograd.grad(y, x, g)
+            (dx_plain,) = torch.autograd.grad(y_plain, x, g)
+            torch.testing.assert_close(dx, dx_plain)
+        for a, b in zip(op.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b)
+        # Nothing but the input and the batch's 1/σ is kept: the pool's and the BN's outputs are not.
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = op(x)
+        assert {t.numel() for t in saved} == {x.numel(), 4}
+        # The recipe a node's mixed_sum keeps gives bitwise the forward's output.
+        recipe, _ = y._pynas_recipe
+        with torch.no_grad():
+            assert torch.equal(recipe.compute(*recipe.inputs), y)
+        wide = build_op(name, 16, stride, affine=False, search=True)  # float32, channels-last (the CPU layout)
+        xc = torch.randn(4, 16, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+        yc = wide(xc)
+        recipe, _ = yc._pynas_recipe
+        with torch.no_grad():
+            assert torch.equal(recipe.compute(*recipe.inputs), yc)
+        if name == "avg_pool_3x3":  # twice differentiable (a max pool is piecewise linear)
+            small = build_op(name, 2, stride, affine=False, search=True).double()
+            assert torch.autograd.gradgradcheck(small, torch.randn(2, 2, 5, 5, dtype=torch.float64,
+                                                                   requires_grad=True))
+
+
+def _node(op, x, w):
+    """One node, as a cell sums it: mixed_sum over the op's output (after the edge's shared
+    ReLU where the op starts with one) and x itself."""
+    from pynas.functional import mixed_sum
+    with saves_recomputed():
+        return mixed_sum([op.after_relu(x) if getattr(op, "relu_first", False) else op(x), x], w)
+
+
+def test_mixed_sum_keeps_the_pool_bn_output_as_a_recipe():
+    torch.manual_seed(0)
+    op = build_op("avg_pool_3x3", 4, 1, affine=False, search=True).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    with threads(1):
+        with lean_forms(pool_bn=True):
+            lean = _node(op, x, w)
+        with plain_forms():
+            plain = _node(op, x, w)
+        torch.testing.assert_close(lean, plain)
+        for a, b in zip(torch.autograd.grad(lean.square().sum(), [x, w]), torch.autograd.grad(plain.square().sum(), [x, w])):
+            torch.testing.assert_close(a, b)
+        # Twice differentiable through the recipe too (α's gradient differentiated in x)
+        with lean_forms(pool_bn=True):
+            assert torch.autograd.gradgradcheck(lambda t, v: _node(op, t, v), (x, w))
+
+
+@pytest.mark.parametrize("form", ["pool_bn", "depthwise"])
+def test_modifying_a_recomputed_from_tensor_in_place_after_forward_raises(form):
+    torch.manual_seed(0)
+    name = "avg_pool_3x3" if form == "pool_bn" else "dil_conv_3x3"
+    op = build_op(name, 4, 1, affine=False, search=True)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    w = torch.tensor([0.3, 0.7])
+    with threads(1), lean_forms(**{form: True}):
+        h = x * 1.0
+        y = _node(op, h, w)
+        h.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified"):
+            y.sum().backward()
+
+
+def test_recipes_compose_with_an_outer_hook():
+    # A recipe's inputs go through the hooks active below (a counter, checkpointing): they see them.
+    seen = []
+    x = torch.randn(4, 3, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or ("outer", t), lambda p: p[1]):
+        with saves_recomputed():
+            r = recomputable(x + 1, lambda t: t + 1, [x])  # an add keeps nothing; the mul after it keeps r
+            y = (r * r).sum()
+    assert seen and all(t is x for t in seen)
+    (g,) = torch.autograd.grad(y, x)
+    torch.testing.assert_close(g, 2 * (x + 1))
+
+
+def test_lean_forms_bring_darts_activations_below_a_third_of_eager():
+    # The targets of issue 16 read off bench_search's counting at a small batch (ratios do not depend on it).
+    with threads(1):
+        model, _ = build("darts", 8, 8)  # the DARTS depth: one cell of eight is what checkpointing keeps
+        batch = make_batches(2, 16)[0]
+        from pynas.bench_search import EagerSupernet
+        eager = saved_activations_mb(model, EagerSupernet(model), batch)
+        with lean_forms(**{**ALL, "pool_bn": False, "depthwise": False}):
+            before = saved_activations_mb(model, model, batch)
+        with lean_forms(**{**ALL, "depthwise": False}):
+            pool_bn = saved_activations_mb(model, model, batch)
+        with lean_forms(**ALL):
+            all_forms = saved_activations_mb(model, model, batch)
+            model.checkpoint_cells = True
+            checkpointed = checkpointed_activations_mb(model, model, batch)
+    assert pool_bn < before - 0.05 * eager  # two activations of 29 per edge
+    assert all_forms < 0.3 * eager
+    assert checkpointed["peak_mb"] == pytest.approx(checkpointed["forward_mb"] + checkpointed["cell_mb"])
+    assert 0 < checkpointed["forward_mb"] < checkpointed["peak_mb"] < 0.15 * eager
+
+
+@pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
+def test_checkpointed_cells_give_the_same_step(method):
+    # Loss, every weight and α gradient and the BatchNorm statistics (updated once, not again by the
+    # recomputation) equal the eager path's; Gumbel samples are drawn before the cells.
+    with lean_forms(**ALL):
+        assert max(check_paths(method, checkpoint_cells=True).values()) < 1e-9
+    assert max(check_paths(method, checkpoint_cells=True).values()) < 1e-9  # the NCHW default: plain forms
+
+
+def _s4_step(checkpoint: bool):
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, num_classes=10, layers=3, steps=2, multiplier=2, space="s4").double()
+    model.checkpoint_cells = checkpoint
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.manual_seed(1)  # the noise op's samples come from here
+    loss = F.cross_entropy(model(x), torch.tensor([1, 3]))
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return loss, grads, [b.clone() for b in model.buffers()], torch.get_rng_state()
+
+
+def test_checkpointed_cells_redraw_s4s_noise_identically():
+    # S4's `noise` draws N(0, 1) inside the cells: the recomputation must draw the same samples
+    # (else the node values, the weights' and α's gradients differ) and leave the generator as it was.
+    with threads(1):
+        loss, grads, buffers, rng = _s4_step(False)
+        loss_c, grads_c, buffers_c, rng_c = _s4_step(True)
+    torch.testing.assert_close(loss_c, loss)
+    assert sum(g is not None for g in grads) > 10
+    for a, b in zip(grads_c, grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    for a, b in zip(buffers_c, buffers):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(rng_c, rng)
+
+
+def test_checkpointing_refuses_observers():
+    model = SearchNetwork(C=4, num_classes=10, layers=3, steps=2, multiplier=2, checkpoint_cells=True)
+    x = torch.randn(2, 3, 8, 8)
+    model.cells[0].state_observer = lambda cell, states: None
+    with pytest.raises(ValueError, match="checkpoint_cells"):
+        model(x)
+    model.cells[0].state_observer = None
+    model.cells[1].cost_recorder = lambda cell, costs: None
+    with pytest.raises(ValueError, match="checkpoint_cells"):
+        model(x)
+    with torch.no_grad():  # nothing to checkpoint without autograd: observers are fine
+        model(x)
