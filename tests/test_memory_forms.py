@@ -178,3 +178,33 @@ def test_checkpointing_refuses_observers():
         model(x)
     with torch.no_grad():  # nothing to checkpoint without autograd: observers are fine
         model(x)
+
+
+def test_search_with_checkpointed_cells_ends_where_the_plain_search_does(tmp_path):
+    # `pynas search --checkpoint-cells`: the same steps (weights, α and BatchNorm statistics), in a
+    # channels-last network (C = 8: the CPU lean forms on) with S4's noise drawn inside the cells.
+    from torch.utils.data import Subset
+
+    from pynas.cli import main
+    from pynas.search import run
+
+    argv = ["search", "--method", "darts", "--space", "s4", "--epochs", "1", "--C", "8", "--layers", "3",
+            "--steps", "2", "--batch-size", "16", "--quiet"]
+    search_data = run.search_data
+    with pytest.MonkeyPatch.context() as mp:  # 2 steps of 16 images and a 16-image evaluation
+        mp.setattr(run, "search_data", lambda cfg: (lambda t, v, i: (Subset(t, range(32)), Subset(v, range(16)), i))(
+            *search_data(cfg)))
+        checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+        mp.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+        with threads(1):
+            assert main([*argv, "--checkpoint-cells", "--out", str(tmp_path / "checkpointed")]) == 0
+            assert len(calls) >= 3 * 2 * 2  # every cell of every forward: α and weight steps, 2 steps
+            calls.clear()
+            assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+            assert not calls
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("checkpointed", "plain"))
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    with pytest.raises(ValueError, match="--checkpoint-cells"):
+        run.RunConfig(space="nb201", checkpoint_cells=True).validate()
