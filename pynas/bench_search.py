@@ -226,17 +226,17 @@ def _sync(device):
 
 def step_gradients(method: str, path: str, C: int, layers: int, image_size: int, batch_size: int,
                    dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False,
-                   checkpoint_cells: bool = False) -> Dict[str, list]:
-    """The loss of one search step along ``path``, the gradients it leaves
-    (``weights``, ``alpha``; the optimisers do not step) and the model's
+                   checkpoint_cells: bool = False, device="cpu") -> Dict[str, list]:
+    """The loss of one search step along ``path`` on ``device``, the gradients it
+    leaves (``weights``, ``alpha``; the optimisers do not step) and the model's
     ``buffers`` after it (BatchNorm statistics). The eager path draws the fused
     kernel's Gumbel noise, so both see the same samples."""
-    model, strategy = build(method, C, layers, dtype=dtype, seed=seed)
+    model, strategy = build(method, C, layers, device=device, dtype=dtype, seed=seed)
     use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise, checkpoint_cells)
     strategy.w_opt.step = lambda *a, **k: None
     if strategy.a_opt is not None:
         strategy.a_opt.step = lambda *a, **k: None
-    train, val = make_batches(batch_size, image_size, dtype=dtype, seed=seed)
+    train, val = make_batches(batch_size, image_size, device=device, dtype=dtype, seed=seed)
     loss = strategy.step(train, val)["loss"]
     grads = lambda params: [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
     return dict(loss=[torch.as_tensor(loss).detach().clone()], weights=grads(strategy.weights), alpha=grads(strategy.alphas),
@@ -256,11 +256,11 @@ def threads(n: int):
 
 
 def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_depthwise: bool = False,
-                checkpoint_cells: bool = False, **size) -> Dict[str, float]:
+                checkpoint_cells: bool = False, device="cpu", **size) -> Dict[str, float]:
     """Asserts that both paths give the same loss, gradients and BatchNorm
-    statistics for ``method`` (float64, a small network); returns the largest
-    difference of each."""
-    size = {**CHECK, **size}
+    statistics for ``method`` (float64, a small network, on ``device``); returns
+    the largest difference of each."""
+    size = {**CHECK, **size, "device": device}
     with threads(1):
         eager = step_gradients(method, "eager", **size)
         fused = step_gradients(method, "fused", recompute_depthwise=recompute_depthwise,
