@@ -30,9 +30,10 @@ VARIANTS = {
 }
 
 
-def activations(size: dict, layout: str) -> dict:
+def activations(size: dict, layout: str, names) -> dict:
     out = {"eager": activations_mb("darts", "eager", layout=layout, **size)}
-    for name, (forms, checkpoint) in VARIANTS.items():
+    for name in names:
+        forms, checkpoint = VARIANTS[name]
         with lean_forms(**forms):
             out[name] = activations_mb("darts", "fused", checkpoint_cells=checkpoint, layout=layout, **size)
         print(f"{name}: {out[name]:.1f} MB ({out[name] / out['eager']:.3f}x eager {out['eager']:.1f})",
@@ -68,13 +69,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (0: activations only)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--no-activations", action="store_true", help="time only (the eager forward at batch 64 "
+                        "leaves a fragmented heap behind: time in a fresh process)")
     parser.add_argument("--out", default="", help="JSON file to write ('' to print only)")
     args = parser.parse_args()
     size = dict(batch_size=args.batch_size, C=args.C, layers=args.layers, image_size=args.image_size)
     result = dict(benchmark="memory_forms", date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   torch=torch.__version__, threads=torch.get_num_threads(), size=size, layout=args.layout,
                   variants={n: dict(lean_forms=f, checkpoint_cells=c) for n, (f, c) in VARIANTS.items()},
-                  activations_mb=activations(size, args.layout))
+                  activations_mb={} if args.no_activations else activations(size, args.layout, args.variants))
     if args.steps:
         result["timing"] = "fused variants taking turns step by step in one process, median after warm-up"
         result["times"] = times(size, args.layout, args.variants, args.warmup, args.steps)

@@ -65,10 +65,12 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 # the device and layout the operation runs in (default_lean):
 # - CPU, channels-last (the networks' CPU default): every form but `depthwise`.
 #   `pool_bn` adds one average pool and two BatchNorm forwards per edge in
-#   backward (~2-3 % of an edge's time, within the step-time noise measured);
-#   `depthwise` adds six depthwise convolutions per edge (~10 % of the step at
-#   batch 16, benchmarks/README.md), so on CPU it stays a switch for when memory
-#   limits the batch: the CPU default keeps 0.45x eager's activations, 0.27x with it.
+#   backward (~2-3 % of an edge's time; the step measured +0.4 % at batch 16 and
+#   +3.8 % at batch 64, within the noise of the shared machine) for 12 % fewer
+#   activations; `depthwise` adds six depthwise convolutions per edge (+3.6 % at
+#   batch 16, +4.3 % at batch 64, benchmarks/README.md), so on CPU it stays a
+#   switch for when memory limits the batch: the CPU default keeps 0.45x eager's
+#   activations, 0.27x with it.
 # - CPU, NCHW: none. There the recomputations made the fused step slower than
 #   eager in NCHW (0.81x: oneDNN's NCHW pools and depthwise convs are slow, so
 #   doing them again in backward costs more than the fused sums save); the plain
