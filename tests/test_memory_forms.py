@@ -208,3 +208,24 @@ def test_search_with_checkpointed_cells_ends_where_the_plain_search_does(tmp_pat
         torch.testing.assert_close(a[name], b[name], msg=name)
     with pytest.raises(ValueError, match="--checkpoint-cells"):
         run.RunConfig(space="nb201", checkpoint_cells=True).validate()
+
+
+def test_bench_search_checkpoint_cells_writes_the_checkpointed_count(tmp_path):
+    import json
+
+    from pynas.cli import main
+
+    args = ["bench", "search", "--device", "cpu", "--methods", "darts", "--batch-size", "2", "--C", "4",
+            "--layers", "3", "--image-size", "8", "--warmup", "0", "--steps", "1", "--threads", "1",
+            "--checkpoint-cells", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (path,) = tmp_path.glob("search-cpu-checkpoint-*.json")
+    result = json.loads(path.read_text())
+    assert result["checkpoint_cells"] and "recomputation" in result["activations"]
+    (row,) = result["rows"]
+    model, strategy = build("darts", 4, 3)
+    model.checkpoint_cells = True
+    with threads(1):
+        expected = checkpointed_activations_mb(model, model, make_batches(2, 8)[0])["peak_mb"]
+    assert row["fused"]["activations_mb"] == pytest.approx(expected)
+    assert 0 < row["activations_ratio"] < 1
