@@ -11,7 +11,7 @@ from pynas.arch import Architecture
 from pynas.cli import main
 from pynas.genotype import Genotype, derive_genotype
 from pynas.nn import MixedOp, SearchNetwork
-from pynas.nn.partial import channel_shuffle, shuffled_concat
+from pynas.nn.partial import shuffled_concat
 from pynas.search import DartsFirstOrder, SearchConfig, SingleLevel
 from pynas.search.run import RunConfig
 from test_search import _run, assert_same, full_state, small_digits  # noqa: F401 (a fixture)
@@ -72,6 +72,11 @@ def network(K, C=8, dtype=torch.float64, seed=0, **kw):
 
 
 # -- the channel shuffle ---------------------------------------------------------------
+
+
+def channel_shuffle(x, K):
+    """pynas' shuffle of a whole tensor: its first C/K channels as the operated part."""
+    return shuffled_concat(x[:, : x.size(1) // K], x[:, x.size(1) // K:], K)
 
 
 @pytest.mark.parametrize("C,K", [(8, 4), (12, 4), (6, 2), (9, 3), (8, 8)])

@@ -21,29 +21,18 @@ def check_partial_channels(K, C: int, name: str = "--partial-channels") -> int:
     return K
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle, as PC-DARTS' ``channel_shuffle``: the
-    channels as ``groups`` blocks of ``C/groups``, output channel ``i·groups + g``
-    is input channel ``g·C/groups + i``. Keeps ``x``'s memory format."""
-    C = x.size(1)
-    if groups < 1 or C % groups:
-        raise ValueError(f"channel_shuffle: `groups` {groups} must divide the {C} channels")
-    out = torch.empty_like(x)
-    out.unflatten(1, (C // groups, groups)).copy_(x.unflatten(1, (groups, C // groups)).transpose(1, 2))
-    return out
-
-
 def shuffled_concat(operated: torch.Tensor, bypassed: torch.Tensor, groups: int) -> torch.Tensor:
-    """``channel_shuffle(cat([operated, bypassed], 1), groups)`` written in one
-    pass (no concatenated copy): ``operated`` (C/K channels) lands on channels
-    0, K, 2K, ..., ``bypassed`` (C − C/K) on the rest. In ``operated``'s dtype
-    and memory format."""
+    """ShuffleNet's channel shuffle (PC-DARTS' ``channel_shuffle``) of
+    ``cat([operated, bypassed], 1)`` with ``groups`` groups, written in one pass (no
+    concatenated copy): output channel ``i·groups + g`` is input channel
+    ``g·C/groups + i``, so ``operated`` (C/K channels) lands on channels 0, K, 2K,
+    ..., ``bypassed`` (C − C/K) on the rest. In ``operated``'s dtype and memory format."""
     part = operated.size(1)
     if bypassed.size(1) != (groups - 1) * part:
         raise ValueError(f"shuffled_concat: {bypassed.size(1)} bypassed channels for {part} operated ones "
                          f"and {groups} groups (expected {(groups - 1) * part})")
     shape = (operated.size(0), groups * part, *operated.shape[2:])
-    out = operated.new_empty(shape).contiguous(memory_format=_memory_format(operated))
+    out = torch.empty(shape, dtype=operated.dtype, device=operated.device, memory_format=_memory_format(operated))
     grouped = out.unflatten(1, (part, groups))
     grouped[:, :, 0].copy_(operated)
     grouped[:, :, 1:].copy_(bypassed.unflatten(1, (groups - 1, part)).transpose(1, 2))
