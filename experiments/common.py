@@ -1,21 +1,29 @@
 """Shared pieces of the reproduction scripts: options, running pynas commands, reading runs, writing tables.
 
-Every script is a short sequence of `python -m pynas ...` commands (one subprocess each, so runs are isolated and
+Every script is a short sequence of `python -m pynas ...` commands (one process each, so runs are isolated and
 resumable: a command whose output already exists is not run again). `--smoke` runs the same sequence on the
 embedded digits at tiny sizes; its numbers only show that the pipeline works and are labelled "smoke".
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# A fresh `python -m pynas` spends about 6 s of CPU importing torch, torch's compiler front end (torch.optim
+# imports it on first use) and matplotlib: more than a smoke command's own work. Commands therefore run in
+# processes forked from a server that imported these once and never ran a torch op: each command still has a
+# process of its own (isolated as a subprocess would be), without the imports.
+PRELOAD = ["pynas.cli", "torch._dynamo", "matplotlib.pyplot"]
 
 # The smallest sizes that exercise every command (docs of each script say what a real run uses instead).
 SMOKE_SEARCH = ["--dataset", "digits", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2",
@@ -62,6 +70,7 @@ class Runner:
         self.args = args
         self.commands = []
         self._lock = threading.Lock()
+        self._pool = None
 
     # data and size options -------------------------------------------------------------------------------------
     def search_data(self):
@@ -87,18 +96,30 @@ class Runner:
         if done and os.path.exists(done) and os.path.exists(done + ".stdout"):
             with open(done + ".stdout") as f:
                 return f.read()
-        env = dict(os.environ)
-        if self.args.jobs > 1:  # several commands at once: one thread each unless told otherwise
-            env.setdefault("OMP_NUM_THREADS", "1")
-        proc = subprocess.run([sys.executable, "-m", "pynas"] + argv, capture_output=True, text=True, env=env)
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads is None and self.args.jobs > 1:  # several commands at once: one thread each unless told otherwise
+            threads = "1"
+        with tempfile.TemporaryDirectory() as tmp:
+            streams = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            code = self._process_pool().submit(run_pynas, argv, threads and int(threads), *streams).result()
+            stdout, stderr = (read_text(path) if os.path.exists(path) else "" for path in streams)
         with self._lock, open(self.path("commands.log"), "a") as f:
-            f.write(f"$ {line}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n\n")
-        if proc.returncode != 0:
-            raise PynasError(f"{line}\nexit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+            f.write(f"$ {line}\n{stdout}\n{stderr}\n[exit {code}]\n\n")
+        if code != 0:
+            raise PynasError(f"{line}\nexit {code}: {stderr[-2000:]}")
         if done and os.path.exists(done):
             with open(done + ".stdout", "w") as f:
-                f.write(proc.stdout)
-        return proc.stdout
+                f.write(stdout)
+        return stdout
+
+    def _process_pool(self):
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(PRELOAD)
+                # One command per process: nothing a command leaves behind reaches the next.
+                self._pool = ProcessPoolExecutor(self.args.jobs, mp_context=context, max_tasks_per_child=1)
+            return self._pool
 
     def parallel(self, fn, items):
         """fn(item) for every item, `--jobs` at a time; results in order."""
@@ -156,6 +177,33 @@ class Runner:
     def analyze(self, analysis, out, *argv):
         """`pynas analyze ANALYSIS --out OUT ...`; returns stdout."""
         return self.pynas(["analyze", analysis, "--out", out] + list(argv))
+
+
+def run_pynas(argv, threads, stdout_path, stderr_path):
+    """`python -m pynas argv` in this process (one forked for it): the exit status;
+    stdout and stderr (C-level writes too) go to the two files."""
+    for fd, path in ((1, stdout_path), (2, stderr_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    import torch
+
+    from pynas.cli import main
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # as the interpreter would: a message goes to stderr and exits 1
+        code = exit.code if isinstance(exit.code, int) or exit.code is None else 1
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code or 0
 
 
 def _interrupted(run, final):

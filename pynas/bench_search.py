@@ -301,11 +301,13 @@ def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: in
     return out
 
 
-def _saved_storages(model, forward, x, cells: bool = False):
+def _saved_storages(model, forward, x, cells: bool = False, hold: Optional[list] = None):
     """The storages one forward of the training loss keeps for backward (unique,
     the parameters left out), ``{data_ptr: bytes}``; with ``cells``, also
     ``[{data_ptr: bytes}]`` of the saves made inside each cell and ``{data_ptr:
-    bytes}`` of the cells' tensor arguments (what a checkpointed cell keeps)."""
+    bytes}`` of the cells' tensor arguments (what a checkpointed cell keeps).
+    ``hold``: a list that keeps the forward's graph (and so its storages) alive,
+    so that a later forward cannot reuse their addresses."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved, per_cell, arguments, current = {}, [], {}, []
 
@@ -337,6 +339,8 @@ def _saved_storages(model, forward, x, cells: bool = False):
     finally:
         for h in hooks:
             h.remove()
+    if hold is not None:
+        hold.append(loss)
     del loss
     return (saved, per_cell, arguments) if cells else saved
 
@@ -362,14 +366,18 @@ def checkpointed_activations_mb(model, forward, batch) -> Dict[str, float]:
     tensors freed by then). Gradients in flight are not counted, as in the paths
     without checkpointing."""
     before = model.checkpoint_cells
+    # The first forward stays alive through the second: storages are matched by address, and a freed one's
+    # address, reused by the second forward, would pass for one already counted.
+    held = []
     try:
         model.checkpoint_cells = True
-        saved, _, arguments = _saved_storages(model, forward, batch, cells=True)
+        saved, _, arguments = _saved_storages(model, forward, batch, cells=True, hold=held)
         kept = {**saved, **arguments}
         model.checkpoint_cells = False
         _, per_cell, _ = _saved_storages(model, forward, batch, cells=True)
     finally:
         model.checkpoint_cells = before
+        held.clear()
     cell = max(sum(b for ptr, b in c.items() if ptr not in kept) for c in per_cell)
     forward_mb, cell_mb = sum(kept.values()) / 2 ** 20, cell / 2 ** 20
     return dict(forward_mb=forward_mb, cell_mb=cell_mb, peak_mb=forward_mb + cell_mb)
