@@ -12,7 +12,7 @@ VENV=.venv
 PY=$VENV/bin/python
 
 TORCH_DEPS='torch==2.13.0 torchvision==0.28.0'
-OTHER_DEPS='ninja pytest hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard'
+OTHER_DEPS='ninja pytest pytest-xdist hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard'
 
 setup_venv() {
   # The stamp records what was installed, so a changed dependency list reinstalls.
@@ -44,6 +44,6 @@ shift || true
 case "$cmd" in
   search) setup_venv; build; exec $PY -m pynas search "$@" ;;
   bench) setup_venv; build; exec $PY -m pynas bench "$@" ;;
-  test)  setup_venv; build; exec $PY -m pytest -q --durations=25 tests "$@" ;;
+  test)  setup_venv; build; exec $PY -m pytest -q -n auto --durations=25 tests "$@" ;;
   *) echo "usage: ./run.sh search|bench|test [args]" >&2; exit 2 ;;
 esac

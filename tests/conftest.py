@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -6,8 +7,27 @@ import torch
 
 import pynas
 
+# Under pytest-xdist the workers share the cores: each takes its share of threads
+# (OpenMP threads beyond the cores spin against each other and slow every worker down),
+# unless OMP_NUM_THREADS says otherwise.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 # The thread count the suite started with: every test runs (and ends) with it.
 THREADS = torch.get_num_threads()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests (marked ``slow``) run first, the longest first (``seconds``
+    of the mark, an estimate, default 20): pytest-xdist hands out tests in this order, so
+    the long ones are spread over the workers instead of one worker ending the suite
+    alone with them. The order is the same in every worker."""
+    def order(item):
+        mark = item.get_closest_marker("slow")
+        return (0, -mark.kwargs.get("seconds", 20)) if mark else (1, 0)
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import pynas.functional as PF
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_results(tmp_path):
     # In its own process: the benchmark tunes glibc's malloc, which must not outlive it in the test process.
     done = subprocess.run([sys.executable, "-m", "pynas", "bench", "--device", "cpu", "--quick", "--min-run-time",

@@ -113,6 +113,7 @@ def test_the_darts_cifar10_preset_reaches_the_optimisers(tmp_path):
     assert w_group["lr"] == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_compile_in_training_mode_runs_the_compiled_supernet(tmp_path, monkeypatch):
     # Dynamo and AOTAutograd (forward and backward graphs) through the aot_eager backend: the search's own
     # wiring of --compile is tested, not Inductor's code generation (tests/test_compile.py has that).

@@ -30,6 +30,7 @@ class TinyMixedOp(nn.Module):
         return y, edge_cost(y.detach(), outputs, per_sample=self.sample)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sample, backend", [(False, "aot_eager"), (True, "aot_eager"), (False, "inductor")])
 def test_compiled_module_matches_eager(device, sample, backend):

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+pytestmark = pytest.mark.slow  # each runs a reproduction script end to end
+
 
 def smoke(script, tmp_path):
     out = tmp_path / script
@@ -42,7 +44,7 @@ def test_darts_pt_table2(tmp_path):
         assert r["params_M"] == pytest.approx(result["params_M"]) and r["genotypes"][0] == result["genotype"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_darts_pt_table3(tmp_path):
     table, _ = smoke("darts_pt_table3", tmp_path)
     assert [r["space"] for r in table["rows"]] == ["S1", "S2", "S3", "S4"]
@@ -84,7 +86,6 @@ def test_single_darts_table1(tmp_path):
         assert is_percent(r["val_acc"]) and is_percent(r["test_acc"]) and r["genotypes"][0].startswith("|")
 
 
-@pytest.mark.slow
 def test_single_darts_table5(tmp_path):
     table, out = smoke("single_darts_table5", tmp_path)
     assert len(table["rows"]) == 15

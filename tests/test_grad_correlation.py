@@ -108,6 +108,7 @@ def test_probability_gradients_are_the_loss_slopes_of_each_cells_weights():
     assert grads["1"] != grads["2"]
 
 
+@pytest.mark.slow
 def test_search_logs_probability_gradients_and_keeps_a_trajectory(tmp_path, capsys):
     from pynas.cli import main
 

@@ -135,6 +135,7 @@ def test_unchanged_masks_are_not_read_again_and_changed_ones_are(monkeypatch):
 
 # snas is left out: its samples come from the architecture's torch.Generator, an argument
 # torch.compile cannot trace (a graph break at gumbel_softmax; without fullgraph it runs).
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [{}, {"relaxation": "sigmoid"}, {"sample_per": "sample"}])
 def test_the_soft_supernet_forward_compiles_into_one_graph(kw):
     # Training mode, forward and backward through Dynamo, AOTAutograd and the fake kernels

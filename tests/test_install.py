@@ -143,7 +143,7 @@ def test_sdist_holds_what_a_build_needs(sdist):
     assert not [n for n in names if n.endswith((".so", ".o")) or n == "pynas/_build_info.py"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=150)
 def test_wheel_from_sdist_installs_and_runs(sdist, tmp_path):
     # The CI route of a user's `pip install pynas` from the sdist, with this
     # environment's torch and without isolation; CPU kernels only, to keep it short.

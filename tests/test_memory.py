@@ -23,6 +23,7 @@ def darts_estimate():
     return estimate(cfg, INFO)
 
 
+@pytest.mark.slow
 def test_predicted_peak_of_a_cpu_run_is_its_measured_rss_growth(darts_estimate):
     # Extrapolated from batches 4 and 8 to 48, against the peak RSS growth of a fresh process running
     # the same search steps (bench_search.measure_memory, independent of pynas.memory).
@@ -91,6 +92,7 @@ def test_a_fraction_needs_a_cuda_device():
         RunConfig(max_memory="lots").validate()
 
 
+@pytest.mark.slow
 def test_bench_memory_cli(tmp_path, capsys):
     out = tmp_path / "memory.json"
     assert main(["bench", "memory", "--method", "gdas", "--C", "4", "--layers", "3", "--steps", "2",
@@ -106,6 +108,7 @@ def test_bench_memory_cli(tmp_path, capsys):
     assert "--budget 0.5: a fraction of the GPU's memory needs --device cuda" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_search_max_memory_chooses_the_batch_and_config_repeats_it(tmp_path, capsys):
     torch.set_num_threads(1)
     tiny = ["--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--quiet"]

@@ -210,6 +210,7 @@ def test_search_with_checkpointed_cells_ends_where_the_plain_search_does(tmp_pat
         run.RunConfig(space="nb201", checkpoint_cells=True).validate()
 
 
+@pytest.mark.slow
 def test_bench_search_checkpoint_cells_writes_the_checkpointed_count(tmp_path):
     import json
 

@@ -244,6 +244,7 @@ def test_constraint_needs_snas(capsys):
     assert "--constraint applies to --method snas" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_alpha(tmp_path):
     out = tmp_path / "ddp"
     code = main(["search", "--nproc", "2", "--method", "snas", "--epochs", "2", "--C", "2", "--layers", "3",

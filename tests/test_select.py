@@ -54,6 +54,7 @@ def test_masking_leaves_the_supernet_unchanged(tmp_path):
         assert not torch.equal(model(x), before)
 
 
+@pytest.mark.slow
 def test_pt_keeps_two_inputs_per_node_and_resumes_to_the_same_genotype(tmp_path):
     model, train, val = tiny_setup()
     full = PTSelection(model, train, val, str(tmp_path / "full"), tune_epochs=1, batch_size=32, val_batches=1,
@@ -91,6 +92,7 @@ def test_pt_mag_chooses_by_alpha(tmp_path):
     assert pt.decide_operation("normal", 1)["chosen"] == "dil_conv_5x5"
 
 
+@pytest.mark.slow
 def test_select_command_on_a_search_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--out", str(run), "--quiet"]) == 0
