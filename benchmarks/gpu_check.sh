@@ -18,7 +18,8 @@
 #   tests.log    pytest on the CUDA cases (-k cuda)
 #   bench.log    both benchmarks' tables and progress
 #   ops.json     `pynas bench ops --device cuda`
-#   search.json  `pynas bench search` (darts, gdas; darts-2nd, snas when time is left)
+#   search.json  `pynas bench search` (darts, gdas, darts also with --cuda-graphs; darts-2nd, snas when
+#                time is left)
 #
 # --dry-run: every stage on CPU at tiny sizes with the existing build (the
 # project's .venv, or $PYTHON), so the script is known to work before device
@@ -62,15 +63,15 @@ if [ "$DRY" = 1 ]; then
   TEST_ARGS="tests/test_build.py tests/test_edge_cost.py -k cuda"   # a quick part of it: CUDA cases skip
   OPS_ARGS="--device cpu --quick --min-run-time 0.005"
   SEARCH_SIZE="--batch-size 2 --C 4 --layers 3 --image-size 8 --warmup 0 --steps 1"
-  SEARCH_METHODS="darts" EXTRA_METHODS="gdas"
+  SEARCH_METHODS="darts" EXTRA_METHODS="gdas" SEARCH_GRAPHS=""  # CUDA graphs need a GPU
 else
   DEVICE=cuda
   TEST_ARGS="tests -k cuda"
   OPS_ARGS="--device cuda"
   SEARCH_SIZE="--batch-size 64 --C 16 --layers 8 --image-size 32 --warmup 2 --steps 5"
-  SEARCH_METHODS="darts gdas" EXTRA_METHODS="darts-2nd snas"
+  SEARCH_METHODS="darts gdas" EXTRA_METHODS="darts-2nd snas" SEARCH_GRAPHS="--cuda-graphs"
 fi
-export DEVICE TEST_ARGS OPS_ARGS SEARCH_SIZE SEARCH_METHODS EXTRA_METHODS
+export DEVICE TEST_ARGS OPS_ARGS SEARCH_SIZE SEARCH_METHODS EXTRA_METHODS SEARCH_GRAPHS
 
 # -- test dependencies: from .whl/ when the machine lacks them ---------------------
 # (before the stages: PYTHONPATH must reach every one of them)
@@ -219,11 +220,11 @@ stage_ops() {
   mv "$(ls "$TMPD"/ops/*.json | head -n 1)" "$OUTDIR/ops.json"
 }
 
-stage_search() {  # $1: the methods
-  echo "== pynas bench search --device $DEVICE $SEARCH_SIZE --methods $1"
+stage_search() {  # $1: the methods, $2: more options
+  echo "== pynas bench search --device $DEVICE $SEARCH_SIZE --methods $1 ${2:-}"
   rm -rf "$TMPD/search"
   # shellcheck disable=SC2086
-  "$PY" -m pynas bench search --device "$DEVICE" $SEARCH_SIZE --methods $1 --out "$TMPD/search" || return
+  "$PY" -m pynas bench search --device "$DEVICE" $SEARCH_SIZE --methods $1 ${2:-} --out "$TMPD/search" || return
   local new
   new=$(ls "$TMPD"/search/*.json | head -n 1)
   # One file for every method: an extra run's rows join the first run's.
@@ -243,7 +244,7 @@ with open(out, "w") as f:
     json.dump(result, f, indent=1)
 EOF
 }
-stage_search_main() { stage_search "$SEARCH_METHODS"; }
+stage_search_main() { stage_search "$SEARCH_METHODS" "$SEARCH_GRAPHS"; }  # darts also replayed from a CUDA graph
 stage_search_extra() { stage_search "$EXTRA_METHODS"; }
 export -f stage_env stage_build stage_tests stage_ops stage_search stage_search_main stage_search_extra
 

@@ -497,7 +497,8 @@ def _clip_renormalise(w, mask):
     """Each edge's weights clipped to [0, 1] and scaled to sum 1; an edge clipped to
     all zeros keeps its largest entry as 1. Unavailable entries and removed edges stay 0."""
     clipped = w.clamp(0, 1) * mask
-    largest = F.one_hot(w.masked_fill(~mask, float("-inf")).argmax(-1), w.size(-1)).to(w.dtype)
+    # (Not F.one_hot: outside CUDA it checks its indices with two host reads.)
+    largest = torch.zeros_like(w).scatter_(-1, w.masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True), 1.0)
     total = clipped.sum(-1, keepdim=True)
     clipped = torch.where(total > 0, clipped, largest * mask)
     return clipped / clipped.sum(-1, keepdim=True).clamp_min(1e-12)

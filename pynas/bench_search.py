@@ -460,6 +460,44 @@ def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def time_graphed(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
+                 device="cuda", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
+                 checkpoint_cells: bool = False, capture=None) -> dict:
+    """The fused path with each step replayed from a CUDA graph (``--cuda-graphs``,
+    :class:`~pynas.search.cuda_graphs.GraphedStep`): seconds per step after the
+    graph's eager warm-up steps, its capture and ``warmup`` replays, and the peak
+    memory (CUDA max allocated) of the whole sequence. ``capture``: a stand-in for
+    :func:`~pynas.search.cuda_graphs.cuda_capture` (tests, on the CPU)."""
+    from .search.cuda_graphs import GraphedStep, check_cuda_graphs
+
+    cuda = torch.device(device).type == "cuda"
+    if capture is None:
+        check_cuda_graphs(method, torch.device(device).type, checkpoint_cells=checkpoint_cells)
+    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
+    train, val = make_batches(batch_size, image_size, device, seed=seed)
+    use_path(strategy, "fused", recompute_depthwise=recompute_depthwise)
+    graphed = GraphedStep(strategy, **({} if capture is None else {"capture": capture}))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(graphed.warmup + warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        graphed(train, val if strategy.bilevel else None)
+        _sync(device)
+        if graphed.replays > warmup:
+            times.append(time.perf_counter() - start)
+    if len(times) != steps or graphed.captures != 1:
+        raise RuntimeError(f"{method}: the step was captured {graphed.captures} times and replayed "
+                           f"{graphed.replays} times in {graphed.warmup + warmup + steps} steps (expected once, "
+                           f"then every step)")
+    median = statistics.median(times)
+    return dict(step_ms=1e3 * median, images_per_s=batch_size / median, steps_ms=[1e3 * t for t in times],
+                peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None,
+                eager_steps=graphed.eager_steps, captures=graphed.captures)
+
+
 def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                  device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
                  checkpoint_cells: bool = False) -> str:
@@ -487,7 +525,14 @@ def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, i
 
 
 def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print,
-               layout: str = "auto", checkpoint_cells: bool = False) -> dict:
+               layout: str = "auto", checkpoint_cells: bool = False, cuda_graphs: bool = False) -> dict:
+    """Both paths of every method checked equal, then measured; with
+    ``cuda_graphs`` (CUDA), the fused path of each method that can replay its step
+    from a graph is timed that way too (``row["fused_graphs"]``)."""
+    from .search.cuda_graphs import GRAPH_METHODS
+
+    if cuda_graphs and device != "cuda":
+        raise ValueError(f"--cuda-graphs needs --device cuda, got --device {device}")
     opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
                 recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells)
     checks = {}
@@ -523,10 +568,18 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         row.update(speedup=f["images_per_s"] / e["images_per_s"], memory_ratio=f["peak_mb"] / e["peak_mb"],
                    increase_ratio=f["increase_mb"] / e["increase_mb"],
                    activations_ratio=f["activations_mb"] / e["activations_mb"])
+        if cuda_graphs and method in GRAPH_METHODS:
+            g = row["fused_graphs"] = time_graphed(method, warmup=size["warmup"], steps=size["steps"], device=device,
+                                                   **opts)
+            row.update(graphs_speedup=g["images_per_s"] / e["images_per_s"],
+                       graphs_vs_fused=g["images_per_s"] / f["images_per_s"],
+                       graphs_memory_ratio=g["peak_mb"] / e["peak_mb"])
+            log(f"{method}: fused with CUDA graphs {g['step_ms']:.0f} ms per step")
         rows.append(row)
         log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
     result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
                   size=size, recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells,
+                  cuda_graphs=cuda_graphs,
                   activations=("saved storages of one forward" if not checkpoint_cells else
                                "saved storages; fused: the checkpointed forward's plus one cell's recomputation, "
                                "the largest (bench_search.checkpointed_activations_mb)"),
@@ -557,6 +610,11 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         cells = "".join(f"{r['eager'][k]:>14{fmt}}{r['fused'][k]:>14{fmt}}{r[ratio]:>11.2f}x" for _, k, fmt, ratio in cols)
         lines.append(f"{r['method']:<14}{cells}")
+    for r in result["rows"]:
+        if "fused_graphs" in r:
+            g = r["fused_graphs"]
+            lines.append(f"{r['method']}: fused + CUDA graphs {g['images_per_s']:.2f} img/s ({r['graphs_speedup']:.2f}x eager, "
+                         f"{r['graphs_vs_fused']:.2f}x fused), peak {g['peak_mb']:.0f} MB ({r['graphs_memory_ratio']:.2f}x eager)")
     if "gdas_vs_darts_fused" in result:
         lines.append(f"gdas / darts (fused, images/s): {result['gdas_vs_darts_fused']:.2f}x")
     return "\n".join(lines)
@@ -576,6 +634,9 @@ def add_arguments(parser):
                              "checkpointed forward's saves plus the largest cell's recomputation")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto",
                         help="memory layout of both paths (auto: fused channels-last on CPU, eager NCHW)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time the fused path with each step replayed from a CUDA graph (pynas search "
+                             "--cuda-graphs; CUDA, the methods it accepts)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler tables of one step per method and path instead of benchmarking")
@@ -589,6 +650,8 @@ def run(args):
     device = args.device or ("cuda" if torch.cuda.is_available() and pynas.cuda_kernels_available() else "cpu")
     if device == "cuda" and not (torch.cuda.is_available() and pynas.cuda_kernels_available()):
         raise SystemExit("pynas bench search: --device cuda needs a GPU and pynas' CUDA kernels")
+    if args.cuda_graphs and device != "cuda":
+        raise SystemExit(f"pynas bench search: --cuda-graphs needs --device cuda, got --device {device}")
     if args.threads:
         torch.set_num_threads(args.threads)
     size = dict(QUICK if args.quick else FULL)
@@ -606,13 +669,13 @@ def run(args):
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
                         log=lambda m: print(m, file=sys.stderr, flush=True), layout=args.layout,
-                        checkpoint_cells=args.checkpoint_cells)
+                        checkpoint_cells=args.checkpoint_cells, cuda_graphs=args.cuda_graphs)
     result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
                   quick=args.quick)
     print(format_table(result), flush=True)
     if args.out:
         name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"
-                f"{'-checkpoint' if args.checkpoint_cells else ''}"
+                f"{'-checkpoint' if args.checkpoint_cells else ''}{'-graphs' if args.cuda_graphs else ''}"
                 f"{'' if args.layout == 'auto' else '-' + args.layout}"
                 f"-{stamp:%Y%m%d}.json")
         path = os.path.join(args.out, name)

@@ -109,6 +109,10 @@ def _add_search_arguments(parser):
                    help="per-cell activation checkpointing: each cell is computed again in backward (about one "
                         "cell's activations kept instead of all; time reported by pynas bench search) "
                         "(default: %(default)s)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
+                        "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
+                        "fixed) (default: %(default)s)")
     g.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (or launch with torchrun)")
     for action in parser._actions:  # `--help` shows every default, also of options without a help text
@@ -170,6 +174,10 @@ def _search(args, argv=None):
     from .search import distributed
     from .search.run import SearchRun
 
+    if args.nproc > 1 and args.cuda_graphs:
+        print("pynas search: --cuda-graphs runs in one process; drop --nproc (its all_reduce calls are not captured)",
+              file=sys.stderr)
+        return 2
     if args.nproc > 1 and not distributed.launched():
         return distributed.spawn(args.nproc, argv if argv is not None else sys.argv[1:], args.device)
     distributed.init_if_launched(args.device)

@@ -26,6 +26,7 @@ from ..nn.layout import MIN_CHANNELS_LAST_CHANNELS
 from ..nn.partial import check_partial_channels
 from ..tensorboard import TensorBoardLogger
 from .cost import ESTIMATORS, PRESETS, ResourceConstraint
+from .cuda_graphs import GraphedStep, check_cuda_graphs
 from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, TemperatureSchedule, parse_init
 from .strategies import A_OPTIMIZERS, METHODS, SearchConfig, Sgas
 
@@ -89,6 +90,7 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     checkpoint_cells: bool = False  # per-cell activation checkpointing (SearchNetwork.checkpoint_cells)
+    cuda_graphs: bool = False  # the soft step replayed from a CUDA graph (pynas.search.cuda_graphs)
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
     constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
@@ -224,6 +226,9 @@ class RunConfig:
             raise ValueError("--checkpoint-cells needs a DARTS-style space (not nb201) and runs without --compile, "
                              "--log-grad-correlation and --log-prob-grad (they observe a cell's forward, which "
                              "checkpointing runs twice)")
+        if self.cuda_graphs:
+            check_cuda_graphs(self.method, self.device, relaxation=self.relaxation, compile=self.compile,
+                              checkpoint_cells=self.checkpoint_cells, tau_schedule=self.tau_schedule)
         if self.max_memory is not None:
             from ..memory import budget_bytes
 
@@ -441,6 +446,9 @@ class SearchRun:
         steps = math.ceil(math.ceil(len(self.train_data) / self.world) / cfg.batch_size)
         self.model, self.strategy = build_search(cfg, self.info, steps,
                                                  choose_op=self._op_by_perturbation if cfg.sgas_pt else None)
+        if cfg.cuda_graphs:
+            check_cuda_graphs(cfg.method, cfg.device, relaxation=cfg.relaxation, world=self.world)
+        self.step = GraphedStep(self.strategy) if cfg.cuda_graphs else self.strategy.step
         # Opened first: a missing tensorboard package stops the run before any work.
         self.tensorboard = (TensorBoardLogger(cfg.tensorboard, op_names=self.model.arch.ops)
                             if cfg.tensorboard and self.rank == 0 else None)
@@ -700,7 +708,7 @@ class SearchRun:
                                                         train_batch if val_batch is not None else None)
             if i == 0 and cfg.log_prob_grad is not None:  # on the weights' batch, before the step
                 prob_grad = probability_gradients(self.model, train_batch, cfg.prob_grad_cells())
-            m = self.strategy.step(train_batch, val_batch)
+            m = self.step(train_batch, val_batch)
             for k in sums:
                 sums[k] = sums[k] + m[k]
             n += 1

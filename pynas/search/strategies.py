@@ -173,17 +173,36 @@ class Strategy:
         """DARTS order: α first (on the validation batch), then the weights.
         Returns the weight step's metrics as 0-d tensors on the device (read
         them once per logging interval: reading is a host synchronisation)."""
+        alpha_trains = self.prepare_step()
+        metrics = self.step_body(train_batch, val_batch, alpha_trains)
+        self.global_step += 1
+        return metrics
+
+    def prepare_step(self) -> bool:
+        """The host's part of a step, before its device work: the schedules at
+        this step (τ); returns whether α trains in it."""
+        self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
+        return self.alpha_trains()
+
+    def step_body(self, train_batch: Batch, val_batch: Optional[Batch], alpha_trains: bool) -> Dict[str, torch.Tensor]:
+        """The step's device work, given what :meth:`prepare_step` decided: what
+        ``--cuda-graphs`` captures (so, for the soft methods, no host reads and no
+        tensor made from host data in it; tests/test_cuda_graphs.py)."""
         arch = self.model.arch
-        arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
-        alpha_trains = self.alpha_trains()
         if alpha_trains:
             self.arch_step(train_batch, val_batch)
         # The weight step's α is the next α step's: under hard samples (GDAS) its forward draws that
         # step's sample too, so one host transfer a step tells both which operations to run.
         with arch.sampling_ahead(alpha_trains):
-            metrics = self.weight_step(train_batch)
-        self.global_step += 1
-        return metrics
+            return self.weight_step(train_batch)
+
+    def step_inputs(self) -> Dict[str, torch.Tensor]:
+        """Device tensors :meth:`prepare_step` made for this step's body (none
+        here); a captured body reads copies of them that stay in place."""
+        return {}
+
+    def use_step_inputs(self, inputs: Dict[str, torch.Tensor]) -> None:
+        """The body reads ``inputs`` (of :meth:`step_inputs`' keys) from now on."""
 
     def epoch_end(self) -> None:
         # A sample drawn ahead is given back, so that a checkpoint records the generator before it.
@@ -277,8 +296,7 @@ class SingleLevel(Strategy):
     name = "single-level"
     bilevel = False
 
-    def step(self, train_batch, val_batch=None):
-        self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
+    def step_body(self, train_batch, val_batch, alpha_trains):
         self.w_opt.zero_grad(set_to_none=True)
         if self.a_opt is not None:
             self.a_opt.zero_grad(set_to_none=True)
@@ -287,9 +305,8 @@ class SingleLevel(Strategy):
         self.sync(self.weights + self.alphas)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
-        if self.alpha_trains():
+        if alpha_trains:
             self.arch_optimizer_step()
-        self.global_step += 1
         return _metrics(loss, logits, train_batch[1])
 
 
@@ -364,13 +381,25 @@ class SdartsRS(DartsFirstOrder):
         epoch = self.global_step // self.steps_per_epoch
         return self.epsilon_start + (self.epsilon - self.epsilon_start) * epoch / self.config.epochs
 
-    def weight_step(self, batch):
+    def prepare_step(self):
+        # Drawn on the host, before the body: the noise is an input of the (capturable) body.
+        alpha_trains = super().prepare_step()
         eps = self.current_epsilon()
         arch = self.model.arch
         self.last_noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
                                - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
-        with arch.noisy(self.last_noise):
+        return alpha_trains
+
+    def weight_step(self, batch):
+        """The weight step under this step's noise (drawn by :meth:`prepare_step`)."""
+        with self.model.arch.noisy(self.last_noise):
             return super().weight_step(batch)
+
+    def step_inputs(self):
+        return dict(self.last_noise)
+
+    def use_step_inputs(self, inputs):
+        self.last_noise = dict(inputs)
 
     def state_dict(self):
         return dict(super().state_dict(), noise_generator=self.generator.get_state())
