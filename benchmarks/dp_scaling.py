@@ -1,6 +1,7 @@
 """Data-parallel search step on CPU (gloo): N processes at a global batch B
-(B/N each) against 1 process at B, with the gradient reduction bucketed (pynas'
-default) and, for comparison, one all_reduce per parameter (as before issue 15).
+(B/N each) against 1 process at B, with the weights' gradients averaged while
+backward runs (pynas' default, 1 MB buckets) and, for comparison, after backward
+in 25 MB buckets, and one all_reduce per parameter (as before issue 15).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dp_scaling.py --nproc 2 --batch 32
 
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def worker(rank, world, store, args, bucket_bytes, results):
+def worker(rank, world, store, args, bucket_bytes, overlap, results):
     from pynas.bench_search import build, make_batches
     from pynas.search import strategies
 
@@ -30,6 +31,7 @@ def worker(rank, world, store, args, bucket_bytes, results):
         reduce = dist.all_reduce
         dist.all_reduce = lambda t, *a, **k: calls.append(1) or reduce(t, *a, **k)
     model, strategy = build(args.method, args.C, args.layers, seed=0)
+    strategy.overlap_reduction = overlap
     train, val = make_batches(args.batch // world, args.image_size, seed=rank)
     times = []
     for i in range(args.warmup + args.steps):
@@ -47,12 +49,12 @@ def worker(rank, world, store, args, bucket_bytes, results):
         dist.destroy_process_group()
 
 
-def run(world, args, bucket_bytes):
+def run(world, args, bucket_bytes, overlap=True):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
-        procs = [ctx.Process(target=worker, args=(r, world, store, args, bucket_bytes, results)) for r in range(world)]
+        procs = [ctx.Process(target=worker, args=(r, world, store, args, bucket_bytes, overlap, results)) for r in range(world)]
         for p in procs:
             p.start()
         out = results.get()
@@ -80,8 +82,11 @@ def main():
           f"median of {args.steps} steps after {args.warmup}")
     one, _ = run(1, args, BUCKET_BYTES)
     print(f"1 process, batch {args.batch}: {1e3 * one:.0f} ms/step")
-    for name, bucket in (("bucketed (25 MB)", BUCKET_BYTES), ("one all_reduce per parameter", 0)):
-        t, calls = run(args.nproc, args, bucket)
+    settings = (("weights averaged during backward (1 MB buckets)", BUCKET_BYTES, True),
+                ("after backward, bucketed (25 MB)", BUCKET_BYTES, False),
+                ("after backward, one all_reduce per parameter", 0, False))
+    for name, bucket, overlap in settings:
+        t, calls = run(args.nproc, args, bucket, overlap)
         print(f"{args.nproc} processes, batch {args.batch // args.nproc} each, {name}: {1e3 * t:.0f} ms/step, "
               f"{calls} all_reduce calls/step, {one / t:.2f}x the 1-process speed")
 

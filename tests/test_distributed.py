@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from pynas.nn import SearchNetwork
 from pynas.search import METHODS, SearchConfig
-from pynas.search import strategies
+from pynas.search import reduction, strategies
 
 
 def tiny(method):
@@ -39,24 +39,37 @@ def expected_buckets(sizes, limit):
     return count
 
 
-def gradients_after_step(method, monkeypatch, bucket_bytes=None, calls=None):
+class _Done:
+    """What an asynchronous all_reduce returns, for a reduction done at once."""
+
+    def wait(self):
+        return True
+
+
+def gradients_after_step(method, monkeypatch, bucket_bytes=None, calls=None, overlap=False):
     model = tiny(method)
     strategy = METHODS[method][0](model, SearchConfig(epochs=1), 10)
+    strategy.overlap_reduction = overlap
     strategy.w_opt.step = lambda *a, **k: None  # keep the gradients as the optimisers would see them
     strategy.a_opt.step = lambda *a, **k: None
     if bucket_bytes is not None:
         monkeypatch.setattr(strategies, "BUCKET_BYTES", bucket_bytes)
+        monkeypatch.setattr(reduction, "OVERLAP_BUCKET_BYTES", bucket_bytes)
     if calls is not None:
         # Two ranks holding the same gradients: the sum is twice each, the average each itself.
+        def all_reduce(t, *a, async_op=False, **k):
+            calls.append(t.numel())
+            t.add_(t)
+            return _Done() if async_op else None
         monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
-        monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: calls.append(t.numel()) or t.add_(t))
+        monkeypatch.setattr(dist, "all_reduce", all_reduce)
     strategy.step(batch(0), batch(1))
-    return ([p.grad.clone() for p in strategy.weights], [a.grad.clone() for a in strategy.alphas],
-            strategy)
+    zeros_if_none = lambda params: [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    return zeros_if_none(strategy.weights), zeros_if_none(strategy.alphas), strategy
 
 
 @pytest.mark.parametrize("method, limit", [("darts", 16 * 1024), ("single-level", 16 * 1024), ("darts", 1)])
-def test_one_all_reduce_per_bucket(method, limit, group, monkeypatch):
+def test_one_all_reduce_per_bucket_after_backward(method, limit, group, monkeypatch):
     # Small buckets, so that the weights need several; 1 byte: every gradient alone (reduced in place).
     reference_w, reference_a, _ = gradients_after_step(method, monkeypatch)  # no averaging: world 1
     calls = []
@@ -74,6 +87,26 @@ def test_one_all_reduce_per_bucket(method, limit, group, monkeypatch):
     if expected[0] is not None:
         assert calls[0] == expected[0]
     assert sum(calls) == sum(p.numel() for p in strategy.weights + strategy.alphas)
+    for got, want in zip(weights + alphas, reference_w + reference_a):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["darts", "darts-2nd", "single-level", "gdas"])
+def test_weight_gradients_are_averaged_while_backward_runs(method, group, monkeypatch):
+    reference_w, reference_a, _ = gradients_after_step(method, monkeypatch)  # no averaging: world 1
+    calls = []
+    weights, alphas, strategy = gradients_after_step(method, monkeypatch, 4 * 1024, calls, overlap=True)
+    reducer = strategy.weight_reduction()
+    n = len(strategy.weights)
+    # Several buckets, in reverse parameter order, each launched once; the first before backward had every
+    # gradient (overlap); gdas' unselected operations have none, so their buckets wait for the end.
+    assert len(reducer.buckets) >= 3 and sorted(i for b in reducer.buckets for i in b) == list(range(n))
+    assert reducer.buckets[0][0] == n - 1 and len(reducer.launches) == len(reducer.buckets)
+    assert reducer.launches[0] < n // 2
+    # The weights' buckets, then α's (single-level: one backward) or α's first (bi-level: its own step);
+    # DARTS' second order differentiates the weights three more times for α: no launch for those.
+    weight_calls = [sum(strategy.weights[i].numel() for i in b) for b in reducer.buckets]
+    assert sorted(calls) == sorted(weight_calls + [sum(a.numel() for a in strategy.alphas)])
     for got, want in zip(weights + alphas, reference_w + reference_a):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
@@ -108,6 +141,7 @@ def _rank_worker(rank, world, port, argv, fault):
         if fault == "samples" and rank == 1:
             self.model.arch.generator.manual_seed(12345)  # the run seeded it with --seed + 1
         if fault == "weights":
+            self.strategy.weight_reduction = lambda: None
             alphas = {id(a) for a in self.strategy.alphas}
             self.strategy.sync = lambda params: strategies.Strategy.sync(
                 self.strategy, [p for p in params if id(p) in alphas])

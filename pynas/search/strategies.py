@@ -5,6 +5,7 @@ Each strategy works on any model with ``weight_parameters()``,
 :class:`~pynas.nn.SearchNetwork`. ``step(train_batch, val_batch)`` does one
 search step; ``epoch_end()`` advances the learning-rate schedule.
 """
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -12,6 +13,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .reduction import OverlappedReduction
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -61,6 +64,9 @@ class Strategy:
 
     name = "base"
     bilevel = True  # whether step() uses the validation batch for α
+    # Data parallel: the weights' gradients averaged while backward runs (pynas.search.reduction);
+    # False: after backward, with α's (benchmarks/dp_scaling.py compares the two).
+    overlap_reduction = True
 
     def __init__(self, model: nn.Module, config: SearchConfig, steps_per_epoch: int,
                  loss_fn: Callable = F.cross_entropy):
@@ -79,6 +85,7 @@ class Strategy:
         self.forward = model  # may be replaced by a torch.compile'd model
         self.autocast_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16
         self.channels_last = False
+        self._weight_reduction: Optional[OverlappedReduction] = None
 
     def _arch_optimizer(self, config: SearchConfig) -> torch.optim.Optimizer:
         if config.a_optimizer == "sgd":
@@ -97,8 +104,16 @@ class Strategy:
             nn.utils.clip_grad_norm_(self.alphas, self.config.a_grad_clip)
         self.a_opt.step()
 
+    def weight_reduction(self) -> Optional[OverlappedReduction]:
+        """Data parallel: the reduction that averages the weights' gradients
+        during the weight step's backward (None alone, or without
+        ``overlap_reduction``)."""
+        if self._weight_reduction is None and self.overlap_reduction and _world_size() > 1:
+            self._weight_reduction = OverlappedReduction(self.weights)
+        return self._weight_reduction
+
     def sync(self, params: List[torch.Tensor]) -> None:
-        """Averages gradients over processes (data parallel); a no-op alone.
+        """Averages gradients over processes (data parallel) after backward; a no-op alone.
 
         The gradients are flattened into buckets of up to :data:`BUCKET_BYTES`
         (one per dtype and device at least), one ``all_reduce`` per bucket; α's
@@ -106,19 +121,12 @@ class Strategy:
         same order, so every rank steps with bit-identical gradients and keeps
         bit-identical α.
 
-        Why not DistributedDataParallel, and why after backward: DDP's reducer
-        hooks every ``backward()`` of the wrapped module, but a search step
-        differentiates the same weights several times and only some of those
-        gradients are to be averaged: the weight step takes ``autograd.grad``
-        with respect to the weights alone (the α side of every mixed_sum
-        skipped), DARTS' second order differentiates w', w+ and w- locally for
-        its virtual step, and hard samples leave unselected operations without
-        a gradient. Reducing explicitly after each gradient that is stepped on
-        keeps these semantics; bucketing removes the per-parameter call cost,
-        which dominated (one collective per parameter)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        α's gradients go this way (one small bucket); the weights' are averaged
+        while backward runs (:meth:`weight_reduction`), here only without
+        ``overlap_reduction``."""
+        world = _world_size()
+        if world == 1:
             return
-        world = torch.distributed.get_world_size()
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -148,11 +156,16 @@ class Strategy:
     def weight_step(self, batch: Batch) -> Dict[str, float]:
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(batch)
+        reduction = self.weight_reduction()
         # Gradients for the weights only: the α side of every mixed_sum is skipped.
-        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        with reduction.collecting() if reduction else contextlib.nullcontext():
+            grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        if reduction is not None:
+            grads = reduction.averaged()
         for w, g in zip(self.weights, grads):
             w.grad = g
-        self.sync(self.weights)
+        if reduction is None:
+            self.sync(self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
         return _metrics(loss, logits, batch[1])
@@ -301,8 +314,13 @@ class SingleLevel(Strategy):
         if self.a_opt is not None:
             self.a_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(train_batch)
-        loss.backward()
-        self.sync(self.weights + self.alphas)
+        reduction = self.weight_reduction()
+        with reduction.collecting() if reduction else contextlib.nullcontext():
+            loss.backward()
+        if reduction is not None:
+            for w, g in zip(self.weights, reduction.averaged()):
+                w.grad = g
+        self.sync(self.alphas if reduction else self.weights + self.alphas)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
         if alpha_trains:
@@ -565,6 +583,13 @@ def sgas_scores(alpha: torch.Tensor, mask: torch.Tensor, none: int, edges: List[
 
     score = normalise(importance) * normalise(certainty)
     return {e: float(score[i]) for i, e in enumerate(edges)}
+
+
+def _world_size() -> int:
+    """Processes of the default group (1 without one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 def _zero_if_none(g, like):
