@@ -113,6 +113,9 @@ def _add_search_arguments(parser):
                    help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
                         "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
                         "fixed) (default: %(default)s)")
+    g.add_argument("--overlap-reduction", action=argparse.BooleanOptionalAction, default=d.overlap_reduction,
+                   help="data parallel: average the weights' gradients while backward runs (default: with "
+                        "--device cuda; on CPU after backward, measured faster with gloo on shared cores)")
     g.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (or launch with torchrun)")
     for action in parser._actions:  # `--help` shows every default, also of options without a help text

@@ -159,14 +159,14 @@ def _rank_worker(rank, world, port, argv, fault):
     distributed._worker(rank, world, port, argv)
 
 
-def two_ranks(tmp_path, method, fault):
+def two_ranks(tmp_path, method, fault, *extra):
     import json
 
     from pynas.search import distributed
 
     out = tmp_path / method
     argv = ["search", "--method", method, "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2",
-            "--batch-size", "16", "--out", str(out), "--quiet"]
+            "--batch-size", "16", "--out", str(out), "--quiet", *extra]
     torch.multiprocessing.spawn(_rank_worker, args=(2, distributed._free_port(), argv, fault), nprocs=2)
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -183,10 +183,11 @@ def agree(pair):
     return pair[0] == pair[1]
 
 
-@pytest.mark.parametrize("method", ["gdas", "dsnas"])
-def test_ranks_drawing_different_hard_samples_are_caught(tmp_path, method):
-    # Gradients are still averaged, so weights and α stay identical: only the samples tell.
-    checksums = two_ranks(tmp_path, method, "samples")
+@pytest.mark.parametrize("method, reduction", [("gdas", "--overlap-reduction"), ("dsnas", "--no-overlap-reduction")])
+def test_ranks_drawing_different_hard_samples_are_caught(tmp_path, method, reduction):
+    # Gradients are still averaged (during backward, through gloo's asynchronous all_reduce, or after it),
+    # so weights and α stay identical: only the samples tell.
+    checksums = two_ranks(tmp_path, method, "samples", reduction)
     assert not agree(checksums["samples"])
     assert agree(checksums["weights"]) and agree(checksums["alpha"])
 

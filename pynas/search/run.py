@@ -91,6 +91,7 @@ class RunConfig:
     compile: bool = False
     checkpoint_cells: bool = False  # per-cell activation checkpointing (SearchNetwork.checkpoint_cells)
     cuda_graphs: bool = False  # the soft step replayed from a CUDA graph (pynas.search.cuda_graphs)
+    overlap_reduction: Optional[bool] = None  # data parallel: weights' gradients averaged during backward (None: on CUDA)
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
     constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
@@ -304,6 +305,7 @@ def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
         model.channels_last = strategy.channels_last = True
     if cfg.amp == "bf16":
         strategy.autocast_dtype = torch.bfloat16
+    strategy.overlap_reduction = cfg.overlap_reduction
     if cfg.compile:
         strategy.forward = torch.compile(model)
     model.checkpoint_cells = cfg.checkpoint_cells  # SearchNetwork's per-cell activation checkpointing

@@ -64,9 +64,10 @@ class Strategy:
 
     name = "base"
     bilevel = True  # whether step() uses the validation batch for α
-    # Data parallel: the weights' gradients averaged while backward runs (pynas.search.reduction);
-    # False: after backward, with α's (benchmarks/dp_scaling.py compares the two).
-    overlap_reduction = True
+    # Data parallel: the weights' gradients averaged while backward runs (True, pynas.search.reduction)
+    # or after it with α's (False); None: while it runs on CUDA, after it on CPU, where gloo's
+    # communication thread competes with the ranks for the cores (benchmarks/dp_scaling.py: 8 % slower).
+    overlap_reduction: Optional[bool] = None
 
     def __init__(self, model: nn.Module, config: SearchConfig, steps_per_epoch: int,
                  loss_fn: Callable = F.cross_entropy):
@@ -106,9 +107,10 @@ class Strategy:
 
     def weight_reduction(self) -> Optional[OverlappedReduction]:
         """Data parallel: the reduction that averages the weights' gradients
-        during the weight step's backward (None alone, or without
-        ``overlap_reduction``)."""
-        if self._weight_reduction is None and self.overlap_reduction and _world_size() > 1:
+        during the weight step's backward (None alone, or where
+        ``overlap_reduction`` says after backward)."""
+        overlap = self.overlap_reduction if self.overlap_reduction is not None else self.device.type == "cuda"
+        if self._weight_reduction is None and overlap and _world_size() > 1:
             self._weight_reduction = OverlappedReduction(self.weights)
         return self._weight_reduction
 
