@@ -123,9 +123,9 @@ class Strategy:
         same order, so every rank steps with bit-identical gradients and keeps
         bit-identical α.
 
-        α's gradients go this way (one small bucket); the weights' are averaged
-        while backward runs (:meth:`weight_reduction`), here only without
-        ``overlap_reduction``."""
+        α's gradients go this way (one small bucket), and the weights' where
+        ``overlap_reduction`` says after backward (CPU's default); otherwise
+        they are averaged while backward runs (:meth:`weight_reduction`)."""
         world = _world_size()
         if world == 1:
             return
