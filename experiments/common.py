@@ -16,6 +16,7 @@ import tempfile
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,6 +64,10 @@ class PynasError(RuntimeError):
     pass
 
 
+class ProcessDied(PynasError):
+    pass
+
+
 class Runner:
     """Runs pynas commands for one script, logs each to <out>/commands.log, skips those already done."""
 
@@ -101,7 +106,10 @@ class Runner:
             threads = "1"
         with tempfile.TemporaryDirectory() as tmp:
             streams = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-            code = self._process_pool().submit(run_pynas, argv, threads and int(threads), *streams).result()
+            try:
+                code = self.in_process(run_pynas, argv, threads and int(threads), *streams)
+            except ProcessDied as died:
+                code = str(died)
             stdout, stderr = (read_text(path) if os.path.exists(path) else "" for path in streams)
         with self._lock, open(self.path("commands.log"), "a") as f:
             f.write(f"$ {line}\n{stdout}\n{stderr}\n[exit {code}]\n\n")
@@ -112,14 +120,24 @@ class Runner:
                 f.write(stdout)
         return stdout
 
-    def _process_pool(self):
+    def in_process(self, fn, *args):
+        """``fn(*args)`` in a process of its own forked from the server; raises
+        :class:`ProcessDied` if that process dies (a signal, the OOM killer): the
+        pool is then replaced, so later commands run."""
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(PRELOAD)
                 # One command per process: nothing a command leaves behind reaches the next.
                 self._pool = ProcessPoolExecutor(self.args.jobs, mp_context=context, max_tasks_per_child=1)
-            return self._pool
+            pool = self._pool
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            raise ProcessDied("its process died (killed by a signal?)") from None
 
     def parallel(self, fn, items):
         """fn(item) for every item, `--jobs` at a time; results in order."""

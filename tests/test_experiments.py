@@ -29,6 +29,18 @@ def smoke(script, tmp_path):
     return table, out
 
 
+def test_a_command_whose_process_dies_is_an_error_and_the_next_one_runs(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    runner = common.Runner(common.parse_args("t", "t", argv=["--smoke", "--out", str(tmp_path)]))
+    with pytest.raises(common.ProcessDied, match="died"):
+        runner.in_process(os.abort)  # SIGABRT
+    assert runner.in_process(os.getpid) != os.getpid()  # a new pool, a process of its own
+
+
 def is_percent(x):
     return isinstance(x, float) and 0 <= x <= 100 and not math.isnan(x)
 
