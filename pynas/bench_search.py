@@ -533,6 +533,9 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
 
     if cuda_graphs and device != "cuda":
         raise ValueError(f"--cuda-graphs needs --device cuda, got --device {device}")
+    if cuda_graphs and checkpoint_cells:
+        raise ValueError("--cuda-graphs and --checkpoint-cells: use one (checkpointing restores the RNG state "
+                         "from the host in every step)")
     opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
                 recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells)
     checks = {}

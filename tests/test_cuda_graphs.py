@@ -246,3 +246,10 @@ def test_bench_times_the_replayed_steps_only():
     assert result["step_ms"] > 0 and result["peak_mb"] is None
     with pytest.raises(ValueError, match="--device cuda"):
         time_graphed("darts", warmup=1, steps=2, **size)
+
+
+def test_bench_refuses_graphs_with_checkpointed_cells_before_measuring():
+    from pynas.bench_search import run_device
+
+    with pytest.raises(ValueError, match="--checkpoint-cells"):
+        run_device("cuda", ["darts"], {}, checkpoint_cells=True, cuda_graphs=True)
