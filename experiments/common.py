@@ -137,7 +137,7 @@ class Runner:
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
-            raise ProcessDied("its process died (killed by a signal?)") from None
+            raise ProcessDied("its process died without a result (a signal, the OOM killer, or a failed start)") from None
 
     def parallel(self, fn, items):
         """fn(item) for every item, `--jobs` at a time; results in order."""
