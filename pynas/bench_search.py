@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -50,6 +51,19 @@ FULL = dict(batch_size=64, C=16, layers=8, image_size=32, warmup=2, steps=5)
 QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=3)
 # The equality check: small, in float64.
 CHECK = dict(batch_size=2, C=4, layers=3, image_size=8)
+# What a measured step time implies for a whole search: CIFAR-10's 50,000 training images, half of them
+# for the weights under bi-level methods (DARTS' train_portion 0.5), 50 epochs (DARTS' public setting;
+# its first order took 9 h 04 min on an RTX 2080Ti at batch 64, the anchor issue 15 quotes).
+CIFAR10_TRAIN_IMAGES, SEARCH_EPOCHS = 50_000, 50
+
+
+def search_hours(method: str, batch_size: int, step_ms: float) -> float:
+    """Hours of the training steps of a 50-epoch CIFAR-10 search at ``step_ms``
+    per step (the per-epoch validation pass not counted)."""
+    from .search.strategies import METHODS as STRATEGIES
+
+    images = CIFAR10_TRAIN_IMAGES // 2 if STRATEGIES[method][0].bilevel else CIFAR10_TRAIN_IMAGES
+    return SEARCH_EPOCHS * math.ceil(images / batch_size) * step_ms / 3.6e6
 
 Noise = Callable[[torch.Size, torch.dtype, torch.device], torch.Tensor]
 
@@ -568,6 +582,7 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         for path in PATHS:
             row[path] = {**times[path], **memory[method, path]}
         e, f = row["eager"], row["fused"]
+        row["search_50_epochs_h"] = {p: search_hours(method, size["batch_size"], row[p]["step_ms"]) for p in PATHS}
         row.update(speedup=f["images_per_s"] / e["images_per_s"], memory_ratio=f["peak_mb"] / e["peak_mb"],
                    increase_ratio=f["increase_mb"] / e["increase_mb"],
                    activations_ratio=f["activations_mb"] / e["activations_mb"])
@@ -577,6 +592,7 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
             row.update(graphs_speedup=g["images_per_s"] / e["images_per_s"],
                        graphs_vs_fused=g["images_per_s"] / f["images_per_s"],
                        graphs_memory_ratio=g["peak_mb"] / e["peak_mb"])
+            row["search_50_epochs_h"]["fused_graphs"] = search_hours(method, size["batch_size"], g["step_ms"])
             log(f"{method}: fused with CUDA graphs {g['step_ms']:.0f} ms per step")
         rows.append(row)
         log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
@@ -618,6 +634,10 @@ def format_table(result: dict) -> str:
             g = r["fused_graphs"]
             lines.append(f"{r['method']}: fused + CUDA graphs {g['images_per_s']:.2f} img/s ({r['graphs_speedup']:.2f}x eager, "
                          f"{r['graphs_vs_fused']:.2f}x fused), peak {g['peak_mb']:.0f} MB ({r['graphs_memory_ratio']:.2f}x eager)")
+    for r in result["rows"]:
+        hours = ", ".join(f"{path} {h:.1f} h" for path, h in r["search_50_epochs_h"].items())
+        lines.append(f"{r['method']}: a 50-epoch CIFAR-10 search at batch {s['batch_size']} and these step times "
+                     f"(training steps only): {hours}")
     if "gdas_vs_darts_fused" in result:
         lines.append(f"gdas / darts (fused, images/s): {result['gdas_vs_darts_fused']:.2f}x")
     return "\n".join(lines)

@@ -149,4 +149,18 @@ def test_bench_search_cli_writes_both_paths_and_ratios(tmp_path, capsys):
     for path_name in ("eager", "fused"):
         assert row[path_name]["images_per_s"] > 0 and row[path_name]["peak_mb"] > 0
     assert row["speedup"] > 0 and row["memory_ratio"] > 0 and 0 < row["activations_ratio"] < 1
-    assert "fused/eager" in capsys.readouterr().out
+    # gdas is bi-level: 25,000 of CIFAR-10's training images per epoch at batch 2, 50 epochs
+    for path_name in ("eager", "fused"):
+        assert row["search_50_epochs_h"][path_name] == pytest.approx(
+            50 * 12_500 * row[path_name]["step_ms"] / 3_600_000, rel=1e-12)
+    out = capsys.readouterr().out
+    assert "fused/eager" in out and "50-epoch CIFAR-10 search at batch 2" in out
+
+
+def test_search_hours_count_the_images_each_method_trains_on():
+    from pynas.bench_search import search_hours
+
+    # DARTS' code: 25,000 images for the weights (train_portion 0.5), batch 64: 391 steps an epoch
+    assert search_hours("darts", 64, 1000.0) == pytest.approx(50 * 391 / 3600)
+    # single-level methods train on all 50,000: 782 steps an epoch
+    assert search_hours("snas", 64, 1000.0) == pytest.approx(50 * 782 / 3600)
