@@ -25,10 +25,29 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+# Gradients averaged after backward go in flat buckets of at most this many bytes (DDP's default
+# size): a handful of all_reduce calls a step instead of one per parameter (~900 for DARTS' supernet).
+BUCKET_BYTES = 25 * 2 ** 20
 # Bucket size of the overlapped weight gradients (DDP's first bucket): the DARTS supernet's 7.4 MB of
 # weights make 8 buckets, so the reduction of the later cells' gradients runs while backward
 # goes through the earlier ones.
 OVERLAP_BUCKET_BYTES = 2 ** 20
+
+
+def gradient_buckets(grads: Sequence[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> List[List[torch.Tensor]]:
+    """``grads`` grouped, in order, into buckets of one dtype and device and at
+    most ``bucket_bytes`` (a single larger tensor gets a bucket of its own)."""
+    buckets, current, size, kind = [], [], 0, None
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        if current and ((g.dtype, g.device) != kind or size + nbytes > bucket_bytes):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(g)
+        size, kind = size + nbytes, (g.dtype, g.device)
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 class OverlappedReduction:
@@ -45,16 +64,10 @@ class OverlappedReduction:
     def __init__(self, params: Sequence[torch.Tensor], bucket_bytes: Optional[int] = None):
         bucket_bytes = bucket_bytes or OVERLAP_BUCKET_BYTES
         self.params = list(params)
-        self.buckets: List[List[int]] = []
-        size, kind = 0, None
-        for i in reversed(range(len(self.params))):
-            p = self.params[i]
-            nbytes = p.numel() * p.element_size()
-            if not self.buckets or (p.dtype, p.device) != kind or size + nbytes > bucket_bytes:
-                self.buckets.append([])
-                size, kind = 0, (p.dtype, p.device)
-            self.buckets[-1].append(i)
-            size += nbytes
+        # In reverse order: the order backward produces the gradients.
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.buckets: List[List[int]] = [[index[id(p)] for p in bucket] for bucket in
+                                         gradient_buckets(self.params[::-1], bucket_bytes)]
         self.slot: Dict[int, tuple] = {}  # parameter -> (bucket, start, numel)
         for b, bucket in enumerate(self.buckets):
             start = 0

@@ -14,15 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .reduction import OverlappedReduction
+from .reduction import BUCKET_BYTES, OverlappedReduction, gradient_buckets
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
 A_OPTIMIZERS = ("adam", "sgd")
-# Gradients are averaged over processes in flat buckets of at most this many bytes (DDP's default
-# size): a handful of all_reduce calls a step instead of one per parameter (~900 for DARTS' supernet).
-BUCKET_BYTES = 25 * 2 ** 20
 
 
 @dataclass
@@ -65,8 +62,8 @@ class Strategy:
     name = "base"
     bilevel = True  # whether step() uses the validation batch for α
     # Data parallel: the weights' gradients averaged while backward runs (True, pynas.search.reduction)
-    # or after it with α's (False); None: while it runs on CUDA, after it on CPU, where gloo's
-    # communication thread competes with the ranks for the cores (benchmarks/dp_scaling.py: 8 % slower).
+    # or after it with α's (False); None: while it runs on CUDA, after it on CPU, where it measured 8 %
+    # slower (benchmarks/dp_scaling.py; likely gloo's communication thread competing for the cores).
     overlap_reduction: Optional[bool] = None
 
     def __init__(self, model: nn.Module, config: SearchConfig, steps_per_epoch: int,
@@ -602,22 +599,6 @@ def _metrics(loss, logits, y) -> Dict[str, torch.Tensor]:
     """Loss and accuracy of a step as 0-d tensors on the device: no host synchronisation."""
     y = y.to(logits.device, non_blocking=True)
     return {"loss": loss.detach(), "acc": (logits.detach().argmax(-1) == y).float().mean()}
-
-
-def gradient_buckets(grads: List[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> List[List[torch.Tensor]]:
-    """``grads`` grouped, in order, into buckets of one dtype and device and at
-    most ``bucket_bytes`` (a single larger tensor gets a bucket of its own)."""
-    buckets, current, size, kind = [], [], 0, None
-    for g in grads:
-        nbytes = g.numel() * g.element_size()
-        if current and ((g.dtype, g.device) != kind or size + nbytes > bucket_bytes):
-            buckets.append(current)
-            current, size = [], 0
-        current.append(g)
-        size, kind = size + nbytes, (g.dtype, g.device)
-    if current:
-        buckets.append(current)
-    return buckets
 
 
 # method name -> (strategy class, relaxation, extra Architecture options)
