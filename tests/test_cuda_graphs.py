@@ -174,7 +174,7 @@ def test_the_cpu_graph_model_catches_a_host_step_count():
         assert_same_search(model_a, model_b, strategy_a, strategy_b, metrics_a, metrics_b, rtol=0, atol=0)
 
 
-def test_make_capturable_moves_a_resumed_step_count_to_the_device(capturable_on_cpu):
+def test_make_capturable_sets_a_resumed_adams_flag_and_keeps_its_step_count(capturable_on_cpu):
     _, strategy = search("darts")
     strategy.a_opt.param_groups[0]["capturable"] = False
     run(strategy, epochs(n=1))
