@@ -32,7 +32,7 @@ build() {
   fi
   local stamp
   stamp=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
-  stamp="$stamp ${PYNAS_FORCE_CPU:-} ${PYNAS_FORCE_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-}"
+  stamp="$stamp ${PYNAS_FORCE_CPU:-} ${PYNAS_FORCE_CUDA:-} ${PYNAS_DEBUG:-} ${TORCH_CUDA_ARCH_LIST:-}"
   if [ "$(cat $VENV/.pynas-build-stamp 2>/dev/null)" != "$stamp" ] || ! ls pynas/_C*.so >/dev/null 2>&1; then
     MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY -m pip install --no-build-isolation --no-deps -e .
     echo "$stamp" > $VENV/.pynas-build-stamp

@@ -2,7 +2,8 @@
 
 CUDA kernels are built when the installed torch has CUDA and a CUDA toolkit is
 found; otherwise the build is CPU-only. PYNAS_FORCE_CPU=1 / PYNAS_FORCE_CUDA=1
-override the choice.
+override the choice. PYNAS_DEBUG=1 builds without optimisation and with debug
+information (for gdb / cuda-gdb).
 
 The kernels use torch's C++ API, whose ABI changes between torch releases, so
 the extension runs only with the torch it was compiled against:
@@ -104,7 +105,11 @@ def extension():
     sources = rel("csrc/*.cpp") + rel("csrc/common/*.cpp") + rel("csrc/cpu/*.cpp") + rel("csrc/autograd/*.cpp")
     # No -std: torch's helpers add the standard its headers need (C++20 for
     # recent releases); forcing an older one breaks newer torch headers.
-    cxx = ["-O3"]
+    # Python's CFLAGS carry -g: debug information for torch's headers makes the
+    # C++ compile ~1.4x slower and the library several times larger, so it is
+    # dropped unless PYNAS_DEBUG=1 asks for a debug build.
+    debug = _flag("PYNAS_DEBUG")
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-g0"]
     if not with_cuda:
         return cpp_extension.CppExtension("pynas._C", sources, extra_compile_args={"cxx": cxx})
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -115,7 +120,7 @@ def extension():
         sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
         include_dirs=_cuda_include_dirs(),
         define_macros=[("PYNAS_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O0", "-g", "-G"] if debug else ["-O3"]},
     )
 
 
