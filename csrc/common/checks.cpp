@@ -1,6 +1,7 @@
 #include "checks.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_strided.h>
 
 #include <algorithm>
 #include <numeric>

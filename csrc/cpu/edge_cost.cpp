@@ -1,5 +1,5 @@
 // CPU kernel of edge_cost: the reduction half of mixed_sum_backward's pass.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include "../common/weighted_ops.h"

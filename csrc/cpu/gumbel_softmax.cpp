@@ -1,6 +1,7 @@
 // CPU kernels of gumbel_softmax and its backward: rows in parallel, each row
 // computed by the same code as on CUDA (csrc/common/gumbel.h).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -1,5 +1,6 @@
 // CPU kernels of mixed_sum and mixed_sum_backward.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
