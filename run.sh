@@ -44,6 +44,6 @@ shift || true
 case "$cmd" in
   search) setup_venv; build; exec $PY -m pynas search "$@" ;;
   bench) setup_venv; build; exec $PY -m pynas bench "$@" ;;
-  test)  setup_venv; build; exec $PY -m pytest -q -n auto --durations=25 tests "$@" ;;
+  test)  setup_venv; build; exec $PY -m pytest -q -n auto --maxschedchunk 2 --durations=25 tests "$@" ;;
   *) echo "usage: ./run.sh search|bench|test [args]" >&2; exit 2 ;;
 esac

@@ -22,7 +22,9 @@ def pytest_collection_modifyitems(config, items):
     """The end-to-end tests (marked ``slow``) run first, the longest first (``seconds``
     of the mark, an estimate, default 20): pytest-xdist hands out tests in this order, so
     the long ones are spread over the workers instead of one worker ending the suite
-    alone with them. The order is the same in every worker."""
+    alone with them. The order is the same in every worker. run.sh passes
+    ``--maxschedchunk 2``: by default xdist first gives each worker a consecutive quarter
+    of its share, and the first worker got every long test (530 s against the other's 350)."""
     def order(item):
         mark = item.get_closest_marker("slow")
         return (0, -mark.kwargs.get("seconds", 20)) if mark else (1, 0)
