@@ -139,6 +139,7 @@ def build_info(with_cuda):
         "torch_git_version": torch.version.git_version or "",
         "torch_cuda": torch.version.cuda,
         "cuda_kernels": with_cuda,
+        "debug": _flag("PYNAS_DEBUG"),
         "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else "",
         "cuda_arch_flags": _cuda_arch_flags() if with_cuda else [],
         "cuda_home": cpp_extension.CUDA_HOME if with_cuda else None,

@@ -30,3 +30,11 @@ def test_cuda_kernels_built_when_torch_and_toolkit_have_cuda():
     # The dev/CI environment has a CUDA torch and nvcc: a silent fallback to a
     # CPU-only build would leave the CUDA kernels uncompiled.
     assert pynas.cuda_kernels_available()
+
+
+def test_debug_information_only_in_a_debug_build():
+    # Python's CFLAGS add -g; setup.py overrides it (-g0) unless PYNAS_DEBUG=1.
+    info = pytest.importorskip("pynas._build_info").BUILD_INFO
+    with open(pynas._C.__file__, "rb") as f:
+        sections = f.read()
+    assert (b".debug_info\0" in sections) == info["debug"], info
