@@ -95,7 +95,8 @@ def test_pt_mag_chooses_by_alpha(tmp_path):
 @pytest.mark.slow
 def test_select_command_on_a_search_run(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--out", str(run), "--quiet"]) == 0
+    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
+                 "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["select", "--run", str(run), "--method", "magnitude"]) == 0
     assert capsys.readouterr().out.strip().endswith((run / "genotype.txt").read_text().strip())
@@ -133,7 +134,8 @@ def test_evaluate_equals_the_supernet_with_one_hot_alpha():
 
 def test_evaluate_command(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--out", str(run), "--quiet"]) == 0
+    assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
+                 "--out", str(run), "--quiet"]) == 0
     assert main(["evaluate", "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "supernet validation accuracy" in out and "no fine-tuning" in out
