@@ -4,22 +4,33 @@ the paper's table has, filled with numbers read from the pynas runs it made (not
 import json
 import math
 import os
-import subprocess
+import runpy
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 pytestmark = pytest.mark.slow  # each runs a reproduction script end to end
 
 
-def smoke(script, tmp_path):
-    out = tmp_path / script
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", f"{script}.py"), "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    """Runs experiments/<script>.py --smoke in this process: its commands run in processes forked from
+    the server the first script in this worker started (preloaded with torch, pynas and matplotlib:
+    ~5 s of CPU that a subprocess per script would spend again on a server of its own)."""
+    def run(script):
+        out = tmp_path / script
+        monkeypatch.syspath_prepend(EXPERIMENTS)
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--smoke", "--out", str(out)])
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each command one thread, as a subprocess would have run them
+        runpy.run_path(os.path.join(EXPERIMENTS, f"{script}.py"), run_name="__main__")
+        return check_smoke_table(script, out)
+    return run
+
+
+def check_smoke_table(script, out):
     with open(out / f"{script}.json") as f:
         table = json.load(f)
     assert table["mode"] == "smoke" and "SMOKE" in table["notes"][0]
@@ -30,7 +41,7 @@ def smoke(script, tmp_path):
 
 
 def test_a_command_whose_process_dies_is_an_error_and_the_next_one_runs(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    sys.path.insert(0, EXPERIMENTS)
     try:
         import common
     finally:
@@ -45,8 +56,8 @@ def is_percent(x):
     return isinstance(x, float) and 0 <= x <= 100 and not math.isnan(x)
 
 
-def test_darts_pt_table2(tmp_path):
-    table, out = smoke("darts_pt_table2", tmp_path)
+def test_darts_pt_table2(smoke):
+    table, out = smoke("darts_pt_table2")
     assert [(r["supernet"], r["selection"]) for r in table["rows"]] == [
         (s, sel) for s in ("DARTS", "SDARTS-RS", "SGAS") for sel in ("magnitude (α)", "PT")]
     for r in table["rows"]:
@@ -57,16 +68,16 @@ def test_darts_pt_table2(tmp_path):
 
 
 @pytest.mark.slow(seconds=50)
-def test_darts_pt_table3(tmp_path):
-    table, _ = smoke("darts_pt_table3", tmp_path)
+def test_darts_pt_table3(smoke):
+    table, _ = smoke("darts_pt_table3")
     assert [r["space"] for r in table["rows"]] == ["S1", "S2", "S3", "S4"]
     for r in table["rows"]:
         for col in ("DARTS", "DARTS+PT", "DARTS+PT (fix α)"):
             assert is_percent(r[f"{col} test_error"]) and isinstance(r[f"paper {col}"], float)
 
 
-def test_darts_pt_fig5_6(tmp_path):
-    table, out = smoke("darts_pt_fig5_6", tmp_path)
+def test_darts_pt_fig5_6(smoke):
+    table, out = smoke("darts_pt_fig5_6")
     assert [(r["space"], r["selection"]) for r in table["rows"]] == [
         ("S2", "magnitude"), ("S2", "pt"), ("S4", "magnitude"), ("S4", "pt"), ("S2", "pt-mag")]
     for r in table["rows"]:
@@ -81,8 +92,8 @@ def test_darts_pt_fig5_6(tmp_path):
     assert (out / "fig6_val_acc_per_round.png").exists()
 
 
-def test_snas_table1(tmp_path):
-    table, _ = smoke("snas_table1", tmp_path)
+def test_snas_table1(smoke):
+    table, _ = smoke("snas_table1")
     assert [r["method"] for r in table["rows"]] == ["DARTS (2nd order)", "SNAS + mild constraint"] + [
         f"SNAS + {lvl} constraint" for lvl in ("mild", "moderate", "aggressive")]
     for r in table["rows"][:2]:
@@ -91,15 +102,15 @@ def test_snas_table1(tmp_path):
         assert is_percent(r["test_error"]) and r["params_M"] > 0 and " normal, " in r["pynas kept edges"]
 
 
-def test_single_darts_table1(tmp_path):
-    table, _ = smoke("single_darts_table1", tmp_path)
+def test_single_darts_table1(smoke):
+    table, _ = smoke("single_darts_table1")
     assert [r["method"] for r in table["rows"]] == ["DARTS", "Single-DARTS", "optimal (benchmark)"]
     for r in table["rows"][:2]:
         assert is_percent(r["val_acc"]) and is_percent(r["test_acc"]) and r["genotypes"][0].startswith("|")
 
 
-def test_single_darts_table5(tmp_path):
-    table, out = smoke("single_darts_table5", tmp_path)
+def test_single_darts_table5(smoke):
+    table, out = smoke("single_darts_table5")
     assert len(table["rows"]) == 15
     assert {r["method"] for r in table["rows"]} == {"DARTS", "Single-DARTS"}
     assert all(is_percent(r["test_acc"]) for r in table["rows"])
@@ -107,8 +118,8 @@ def test_single_darts_table5(tmp_path):
     assert config["relaxation"] == "sigmoid" and config["a_init"] == "zeros"
 
 
-def test_wiring_patterns(tmp_path):
-    table, out = smoke("wiring_patterns", tmp_path)
+def test_wiring_patterns(smoke):
+    table, out = smoke("wiring_patterns")
     assert [r["experiment"].split(" ")[0] for r in table["rows"]] == ["P1", "P2", "P3", "Fig.", "Fig."]
     for p, r in zip(("P1", "P2", "P3"), table["rows"]):
         run = "dsnas" if p != "P3" else "darts"
@@ -118,8 +129,8 @@ def test_wiring_patterns(tmp_path):
     assert all(0 <= s <= 1 for r in table["rows"][3:] for s in r["positive_share"])
 
 
-def test_cell_topology(tmp_path):
-    table, _ = smoke("cell_topology", tmp_path)
+def test_cell_topology(smoke):
+    table, _ = smoke("cell_topology")
     fig1 = {r["cell"]: r for r in table["rows"] if r["part"] == "Fig. 1"}
     assert set(fig1) == {"DARTS_V2", "NASNet", "AmoebaNet", "SNAS_mild"}
     # pynas' topology analysis gives the paper's Fig. 1 values
