@@ -27,8 +27,11 @@ void check_floating(const char* op, const char* name, const at::Tensor& t) {
 }
 
 void check_tau(const char* op, double tau) {
+  // A NaN is printed without its sign ("-nan" from ostream), as Python prints it,
+  // so the fake kernel's message is the same.
   TORCH_CHECK_VALUE(std::isfinite(tau) && tau > 0, op,
-                    ": `tau` must be a finite positive number, got ", tau);
+                    ": `tau` must be a finite positive number, got ",
+                    std::isnan(tau) ? std::fabs(tau) : tau);
 }
 
 }  // namespace
