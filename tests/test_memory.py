@@ -46,8 +46,8 @@ def _model():
 
 
 def test_largest_batch_is_monotone_in_the_budget_and_fits():
-    # Parts of the size a probe of SMALL gives (a measured estimate is the same linear form:
-    # the module's fixture costs ~12 s, paid again by each xdist worker that uses it).
+    # Arbitrary non-round parts (MiB-scale, like a small supernet's): a measured estimate has the
+    # same linear form, and the module's measured one costs ~12 s in each xdist worker using it.
     fixed = dict(zip(PARTS, (1.13e6, 0.0, 1.13e6, 2.27e6, 3.1e5, 7.7e6 / 3)))
     per_image = dict(zip(PARTS, (0.0, 3072.0, 0.0, 0.0, 2.9e6 / 7, 1.1e5 / 3)))
     est = MemoryEstimate(fixed, per_image, "cpu", (4, 8), "")
