@@ -1,5 +1,5 @@
 """Fused pynas ops vs eager PyTorch; the same as `pynas bench` (see --help)."""
-from pynas.bench import main
+from pynas.bench.ops import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

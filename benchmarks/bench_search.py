@@ -1,5 +1,5 @@
 """Whole search steps, fused supernet vs the eager way; the same as `pynas bench search` (see --help)."""
-from pynas.bench_search import main
+from pynas.bench.search import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

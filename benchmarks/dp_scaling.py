@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 
 def worker(rank, world, store, args, bucket_bytes, overlap, results):
-    from pynas.bench_search import build, make_batches
+    from pynas.bench.search import build, make_batches
     from pynas.search import strategies
 
     torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pynas.bench_search import activations_mb, build, make_batches, use_path
+from pynas.bench.search import activations_mb, build, make_batches, use_path
 from pynas.io import write_json
 from pynas.nn.ops import lean_forms
 

@@ -4,190 +4,28 @@ import os
 import sys
 
 from .errors import InputError, run_command
-from .search.cost import ESTIMATORS
-from .search.cost import PRESETS as COST_PRESETS
-
-
-def _add_search_arguments(parser):
-    from .arch import RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS
-    from .data import DATASETS
-    from .search.presets import PRESETS
-    from .search.run import SPACES, RunConfig
-    from .search.strategies import A_OPTIMIZERS, METHODS
-
-    d = RunConfig()
-    g = parser.add_argument_group("what to search")
-    g.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="a paper's published search settings (docs/presets.md); --config and explicit options win")
-    g.add_argument("--config", default=None, metavar="FILE",
-                   help="a run's config.json: repeats that run; explicit options win")
-    g.add_argument("--space", choices=SPACES, default=d.space)
-    g.add_argument("--method", choices=tuple(METHODS), default=d.method)
-    g.add_argument("--relaxation", choices=RELAXATIONS, default=None,
-                   help="override the method's relaxation (e.g. sigmoid for single-level)")
-    g.add_argument("--s1-from", default=None, metavar="RUN_DIR",
-                   help="for --space s1-from-run: a DARTS search whose top-2 operations per edge form the space")
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    g.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
-    g.add_argument("--download", action="store_true", help="download the dataset into --data")
-    g.add_argument("--cutout", type=int, default=d.cutout, help="cutout length (0: off)")
-    g.add_argument("--train-fraction", type=float, default=None,
-                   help="share of the training set the weights train on, the rest is α's validation split "
-                        "(default: 0.5 for bi-level methods, 1 for single-level ones)")
-    g = parser.add_argument_group("supernet")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
-                   help="choose the batch: the largest whose measured search step fits SIZE (10GB, 512MiB; or a "
-                        "fraction of the GPU's memory, e.g. 0.8, with --device cuda); recorded as the run's "
-                        "batch size (default: %(default)s: --batch-size)")
-    g.add_argument("--C", type=int, default=d.C, help="initial channels")
-    g.add_argument("--layers", type=int, default=d.layers, help="cells (NAS-Bench-201: 3 stages of layers/3 cells)")
-    g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = parser.add_argument_group("weight optimiser (SGD, cosine annealing)")
-    g.add_argument("--w-lr", type=float, default=d.w_lr)
-    g.add_argument("--w-lr-min", type=float, default=None, help="default: 0.001; 0 for snas and dsnas")
-    g.add_argument("--w-momentum", type=float, default=d.w_momentum)
-    g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay)
-    g.add_argument("--w-nesterov", action=argparse.BooleanOptionalAction, default=d.w_nesterov)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="weights' gradient norm clip")
-    g = parser.add_argument_group("architecture optimiser")
-    g.add_argument("--a-optimizer", choices=A_OPTIMIZERS, default=d.a_optimizer)
-    g.add_argument("--a-lr", type=float, default=None,
-                   help="default: 3e-4 (DARTS); 0.15 on the embedded digits (a short search: docs/fidelity.md)")
-    g.add_argument("--a-betas", type=float, nargs=2, default=d.a_betas, metavar=("BETA1", "BETA2"), help="Adam")
-    g.add_argument("--a-momentum", type=float, default=d.a_momentum, help="SGD")
-    g.add_argument("--a-weight-decay", type=float, default=None, help="default: 1e-3; 0 under sigmoid")
-    g.add_argument("--a-grad-clip", type=float, default=None, help="α's gradient norm clip (default: none)")
-    g.add_argument("--a-init", default=None,
-                   help="normal (1e-3 N(0,1)), zeros or a number (default: the method's; -ln 7 under sigmoid)")
-    g = parser.add_argument_group("Gumbel sampling (snas, gdas, dsnas)")
-    g.add_argument("--tau-start", type=float, default=None, help="default: the relaxation's (gumbel 1, gumbel_hard 10)")
-    g.add_argument("--tau-end", type=float, default=None, help="default: the relaxation's (gumbel 0.03, gumbel_hard 0.1)")
-    g.add_argument("--tau-schedule", choices=SCHEDULE_KINDS, default=None, help="default: the relaxation's")
-    g.add_argument("--sample-per", choices=SAMPLE_PER, default=d.sample_per,
-                   help="one sample per forward for all cells of a type, per cell, or per input sample")
-    g = parser.add_argument_group("method options")
-    g.add_argument("--constraint", choices=("none", *COST_PRESETS), default=d.constraint,
-                   help="snas: resource constraint (docs/fidelity.md)")
-    g.add_argument("--constraint-weight", type=float, default=None, help="snas: λ (default: the constraint's)")
-    g.add_argument("--cost-estimator", choices=ESTIMATORS, default=d.cost_estimator)
-    g.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
-                   help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
-                   help="weights-only epochs before α trains (sgas; pc-darts-cifar10: 15) (default: %(default)s)")
-    g.add_argument("--first-decision", type=int, default=d.first_decision, help="sgas: epochs before the first decision")
-    g.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
-    g.add_argument("--batch-increase", type=int, default=d.batch_increase, help="sgas: batch growth per decision")
-    g.add_argument("--pt", dest="sgas_pt", action="store_true",
-                   help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
-    g.add_argument("--pt-val-batches", type=int, default=None,
-                   help="sgas --pt: validation batches per measurement (default: all)")
-    g.add_argument("--partial-channels", type=int, default=d.partial_channels, metavar="K",
-                   help="PC-DARTS: each edge's operations see 1/K of the channels (the rest bypass them) and β "
-                        "normalises each node's edges; soft methods only, K divides --C (default: %(default)s)")
-    g.add_argument("--log-grad-correlation", action="store_true",
-                   help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
-    g.add_argument("--log-prob-grad", default=None, metavar="CELLS",
-                   help="log ∂L/∂p per edge and op of these cells every epoch (Single-DARTS Fig. 3): all, or 0,3")
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    g.add_argument("--keep-every", type=int, default=d.keep_every, metavar="N",
-                   help="also keep the checkpoint of every N-th epoch (a search trajectory; 0: the latest only)")
-    g.add_argument("--quiet", action="store_true", help="no progress line")
-    g.add_argument("--tensorboard", default=None, metavar="DIR",
-                   help='also write each epoch\'s metrics and α as TensorBoard scalars into DIR '
-                        '(pip install "pynas[tensorboard]")')
-    g.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
-    g.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the supernet")
-    g.add_argument("--checkpoint-cells", action="store_true",
-                   help="per-cell activation checkpointing: each cell is computed again in backward (about one "
-                        "cell's activations kept instead of all; time reported by pynas bench search) "
-                        "(default: %(default)s)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
-                        "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
-                        "fixed) (default: %(default)s)")
-    g.add_argument("--overlap-reduction", action=argparse.BooleanOptionalAction, default=d.overlap_reduction,
-                   help="data parallel: average the weights' gradients while backward runs (default: with "
-                        "--device cuda; on CPU after backward, measured faster with gloo on shared cores)")
-    g.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine (or launch with torchrun)")
-    for action in parser._actions:  # `--help` shows every default, also of options without a help text
-        if action.help is None and action.option_strings:
-            action.help = "(default: %(default)s)"
-
-
-# Options of `pynas search` that are not part of a run's configuration.
-_NOT_CONFIG = ("preset", "config", "resume", "quiet", "nproc", "command")
-
-
-def _explicit_options(argv) -> set:
-    """The destinations of the options given on the command line (not defaults)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    _add_search_arguments(parser)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(argv)[0]))
-
-
-def search_config(args, argv) -> "RunConfig":
-    """The run configuration: defaults < --preset < --config FILE < explicit options."""
-    import dataclasses
-    import json
-
-    from .search.presets import PRESETS
-    from .search.run import RunConfig
-
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {}
-    if args.preset is not None:
-        values.update(PRESETS[args.preset])
-    if args.config is not None:
-        try:
-            with open(args.config) as f:
-                loaded = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--config {args.config}: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {args.config}: not a run configuration (a JSON object)")
-        unknown = sorted(set(loaded) - fields)
-        if unknown:
-            raise ValueError(f"--config {args.config}: unknown keys {unknown}")
-        loaded.pop("out", None)  # a repeated run gets its own directory
-        values.update(loaded)
-    explicit = _explicit_options(argv if argv is not None else sys.argv[2:])
-    if {"max_memory", "batch_size"} <= explicit:
-        raise ValueError("--max-memory chooses the batch size: give it or --batch-size, not both")
-    if "max_memory" not in explicit:
-        # A config file's batch was already chosen within its max_memory: it is repeated, not chosen again.
-        values.pop("max_memory", None)
-    values.update({k: getattr(args, k) for k in explicit if k in fields})
-    if "a_betas" in values:
-        values["a_betas"] = tuple(values["a_betas"])
-    return RunConfig(**values)
 
 
 def _search(args, argv=None):
+    from .analysis.draw import draw_search_cells
+    from .bench.memory import batch_within_budget
     from .search import distributed
+    from .search.config import config_from_arguments
     from .search.run import SearchRun
+    from .select.pt import op_by_perturbation
 
     if args.nproc > 1 and args.cuda_graphs:
         print("pynas search: --cuda-graphs runs in one process; drop --nproc (its all_reduce calls are not captured)",
               file=sys.stderr)
         return 2
     if args.nproc > 1 and not distributed.launched():
-        return distributed.spawn(args.nproc, argv if argv is not None else sys.argv[1:], args.device)
+        return distributed.spawn(main, args.nproc, argv if argv is not None else sys.argv[1:], args.device)
     distributed.init_if_launched(args.device)
     search_argv = (argv if argv is not None else sys.argv[1:])[1:]
     try:
-        cfg = search_config(args, search_argv)
-        run = SearchRun(cfg, resume=args.resume, quiet=args.quiet)
+        cfg = config_from_arguments(args, search_argv)
+        run = SearchRun(cfg, resume=args.resume, quiet=args.quiet, choose_batch=batch_within_budget,
+                        choose_op=op_by_perturbation, reporters=[draw_search_cells])
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
         print(f"pynas search: {e}", file=sys.stderr)
         return 2
@@ -212,7 +50,7 @@ def _add_select_arguments(parser):
 
 
 def _select(args):
-    from .search.run import load_run
+    from .search.build import kept_checkpoint, load_run
     from .select import PTSelection, select_by_rule
 
     try:
@@ -230,8 +68,6 @@ def _select(args):
             from .select.pt import tuning_strategy
 
             # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
-            from .search.run import kept_checkpoint
-
             checkpoint = (os.path.join(args.run, "checkpoint.pt") if args.epoch is None
                           else kept_checkpoint(args.run, args.epoch))
             search_state = torch.load(checkpoint, weights_only=True, map_location="cpu")
@@ -255,7 +91,7 @@ def _select(args):
 
 
 def _evaluate(args):
-    from .search.run import evaluate, load_run
+    from .search.build import evaluate, load_run
     from .select import genotype_in_place_of_alpha, parse_genotype
 
     try:
@@ -325,7 +161,9 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits)",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_search_arguments(search)
+    from .search.config import add_search_arguments
+
+    add_search_arguments(search)
     select = commands.add_parser("select", help="derive an architecture from a search run (rules or DARTS-PT)")
     _add_select_arguments(select)
     evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights")
@@ -344,7 +182,7 @@ def main(argv=None) -> int:
                                                "op (for bug reports)")
     doctor_module.add_arguments(doctor)
     bench = commands.add_parser("bench", help="benchmark the fused ops against eager PyTorch")
-    from . import bench as bench_module
+    from .bench import cli as bench_module
 
     bench_module.add_arguments(bench)
     args = parser.parse_args(argv)

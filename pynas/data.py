@@ -37,6 +37,8 @@ class DatasetInfo:
 DATASET_INFO = {"digits": DatasetInfo("digits", 1, 10, 8), "cifar10": DatasetInfo("cifar10", 3, 10, 32),
                 "cifar100": DatasetInfo("cifar100", 3, 100, 32), "svhn": DatasetInfo("svhn", 3, 10, 32)}
 
+# The embedded digits have no test split of their own: a fixed one, whatever the training seed.
+DIGITS_TEST_FRACTION = 0.2
 DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data", "digits.npz")
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import DATASETS, load_dataset, load_digits_dataset, load_image_dataset, loader, split
+from .data import DATASETS, DIGITS_TEST_FRACTION, load_dataset, load_digits_dataset, load_image_dataset, loader, split
 from .genotype import Genotype, NB201Genotype
 from .errors import InputError, NonFiniteError
 from .io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes, read_config,
@@ -47,9 +47,6 @@ NB201_PROTOCOL = dict(C=16, layers=5, batch_size=256, epochs=200, lr=0.1, lr_min
                       weight_decay=5e-4, auxiliary_weight=0.0, cutout=0, drop_path=0.0, grad_clip=5.0)
 # Digits are 8x8: too small for the auxiliary head (it pools 5x5 windows of the 2/3-depth features).
 DIGITS_QUICK = dict(C=16, layers=8, batch_size=64, epochs=20, auxiliary_weight=0.0, cutout=0, drop_path=0.1)
-
-# The embedded digits have no test split of their own: a fixed one, whatever the training seed.
-DIGITS_TEST_FRACTION = 0.2
 
 
 @dataclass

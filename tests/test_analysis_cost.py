@@ -12,12 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from pynas.analysis.edge_cost import (CostRecorder, RunningStats, collect_edge_costs, forward_with_weights,
-                                      monte_carlo_cost, register_commands, uniform_sample)
+from pynas.analysis.edge_cost import (CostRecorder, RunningStats, collect_edge_costs, monte_carlo_cost,
+                                      register_commands, uniform_sample)
 from pynas.data import load_digits_dataset
 from pynas.io import checkpoint_header, parameter_shapes, save_checkpoint, write_json
-from pynas.nn import SearchNetwork
-from pynas.search.run import RunConfig, build_model
+from pynas.nn import SearchNetwork, forward_with_weights
+from pynas.search.build import build_model
+from pynas.search.config import RunConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,8 @@ from pynas.cli import main
 from pynas.errors import InputError, NonFiniteError, quoted
 from pynas.genotype import DARTS_V2, GENOTYPES, Genotype, NB201Genotype
 from pynas.io import atomic_write, load_checkpoint, remove_stale_temporaries
-from pynas.search.run import RunConfig, SearchRun
+from pynas.search.config import RunConfig
+from pynas.search.run import SearchRun
 from pynas.select.evaluate import parse_genotype
 from pynas.train import TrainConfig, read_genotype
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pynas.bench_search import (METHODS, EagerSupernet, build, check_paths, make_batches, memory_in_subprocess, saved_activations_mb,
+from pynas.bench.search import (METHODS, EagerSupernet, build, check_paths, make_batches, memory_in_subprocess, saved_activations_mb,
                                  step_gradients, threads)
 from pynas.cli import main
 from pynas.nn import SearchNetwork
@@ -89,7 +89,7 @@ def test_lean_training_forms_equal_the_plain_forms(name, recompute, stride):
 
 
 def test_lean_forms_keep_fewer_activations():
-    from pynas.bench_search import saved_activations_mb
+    from pynas.bench.search import saved_activations_mb
 
     with threads(1):
         model, _ = build("darts", 4, 3)
@@ -158,7 +158,7 @@ def test_bench_search_cli_writes_both_paths_and_ratios(tmp_path, capsys):
 
 
 def test_search_hours_count_the_images_each_method_trains_on():
-    from pynas.bench_search import search_hours
+    from pynas.bench.search import search_hours
 
     # DARTS' code: 25,000 images for the weights (train_portion 0.5), batch 64: 391 steps an epoch
     assert search_hours("darts", 64, 1000.0) == pytest.approx(50 * 391 / 3600)

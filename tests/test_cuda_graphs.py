@@ -18,7 +18,7 @@ from conftest import CUDA
 from pynas.nn import SearchNetwork
 from pynas.search import METHODS, SearchConfig
 from pynas.search.cuda_graphs import GRAPH_METHODS, GraphedStep, check_cuda_graphs, make_capturable
-from pynas.search.run import RunConfig
+from pynas.search.config import RunConfig
 
 aten = torch.ops.aten
 HOST_READS = (aten._local_scalar_dense.default,)
@@ -237,7 +237,7 @@ def test_cuda_graphs_search_command_ends_where_the_eager_one_does(tmp_path):
 
 
 def test_bench_times_the_replayed_steps_only():
-    from pynas.bench_search import time_graphed
+    from pynas.bench.search import time_graphed
 
     size = dict(batch_size=2, C=4, layers=3, image_size=8, device="cpu")
     # A stand-in capture that runs the body again at each replay: the benchmark's accounting on the CPU.
@@ -249,7 +249,7 @@ def test_bench_times_the_replayed_steps_only():
 
 
 def test_bench_refuses_graphs_with_checkpointed_cells_before_measuring():
-    from pynas.bench_search import run_device
+    from pynas.bench.search import run_device
 
     with pytest.raises(ValueError, match="--checkpoint-cells"):
         run_device("cuda", ["darts"], {}, checkpoint_cells=True, cuda_graphs=True)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pynas.bench_search import METHODS, check_paths
+from pynas.bench.search import METHODS, check_paths
 from pynas.cli import main
-from pynas.search.run import load_run
+from pynas.search.build import load_run
 from pynas.train import TrainConfig, TrainRun
 
 from conftest import CUDA

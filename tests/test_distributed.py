@@ -129,6 +129,8 @@ def _rank_worker(rank, world, port, argv, fault):
     rank 0's); "weights" averages α's gradients only (the weights' never)."""
     from torch.utils.data import Subset
 
+    from pynas.analysis import draw
+    from pynas.cli import main
     from pynas.search import distributed, run
 
     search_data = run.search_data
@@ -155,8 +157,8 @@ def _rank_worker(rank, world, port, argv, fault):
 
     run.search_data = small
     run.SearchRun._epoch = faulty_second_epoch
-    run.SearchRun.draw_cells = lambda self, genotype: []  # no matplotlib import
-    distributed._worker(rank, world, port, argv)
+    draw.draw_search_cells = lambda run, genotype: None  # no matplotlib import
+    distributed._worker(rank, world, port, main, argv)
 
 
 def two_ranks(tmp_path, method, fault, *extra):

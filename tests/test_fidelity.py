@@ -13,7 +13,8 @@ from pynas.genotype import DARTS_V2, Genotype, derive_genotype
 from pynas.nn import S1, MixedOp, SearchNetwork
 from pynas.search import SearchConfig
 from pynas.search.cost import ResourceConstraint, cell_costs
-from pynas.search.run import RunConfig, SearchRun
+from pynas.search.config import RunConfig
+from pynas.search.run import SearchRun
 from pynas.search.strategies import Sgas, Strategy
 from pynas.select import genotype_in_place_of_alpha
 

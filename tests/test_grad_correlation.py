@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pynas.analysis.grad_correlation import gradient_correlation, search_cells
+from pynas.search.grad_correlation import gradient_correlation, search_cells
 from pynas.nn import NB201Network, SearchNetwork
-from pynas.search.run import RunConfig, SearchRun
+from pynas.search.config import RunConfig
+from pynas.search.run import SearchRun
 
 
 def batch(seed, n=6):
@@ -73,8 +74,8 @@ def test_search_logs_the_gradient_correlation_every_epoch(tmp_path, method):
 
 def test_probability_gradients_are_the_loss_slopes_of_each_cells_weights():
     # Single-DARTS Fig. 3: ∂L/∂p per edge of a chosen cell, checked by central differences in float64.
-    from pynas.analysis.edge_cost import forward_with_weights
-    from pynas.analysis.grad_correlation import probability_gradients
+    from pynas.nn import forward_with_weights
+    from pynas.search.grad_correlation import probability_gradients
     from pynas.arch import EdgeWeights
 
     torch.manual_seed(0)

@@ -1,15 +1,16 @@
-"""The memory estimate of a search step (pynas.memory; `pynas bench memory`, `pynas search --max-memory`)."""
+"""The memory estimate of a search step (pynas.bench.memory; `pynas bench memory`, `pynas search --max-memory`)."""
 import json
 import re
 
 import pytest
 import torch
 
-from pynas.bench_search import memory_in_subprocess
+from pynas.bench.search import memory_in_subprocess
 from pynas.cli import main
 from pynas.data import DatasetInfo
-from pynas.memory import PARTS, MemoryEstimate, estimate, parse_memory
-from pynas.search.run import RunConfig
+from pynas.bench.memory import PARTS, MemoryEstimate, estimate
+from pynas.search.budget import parse_memory
+from pynas.search.config import RunConfig
 
 # A small network, 1 thread: the probes (batch 4 and 8) and the measurement run in well under a minute.
 SMALL = dict(C=8, layers=5, image_size=16)
@@ -26,7 +27,7 @@ def darts_estimate():
 @pytest.mark.slow
 def test_predicted_peak_of_a_cpu_run_is_its_measured_rss_growth(darts_estimate):
     # Extrapolated from batches 4 and 8 to 48, against the peak RSS growth of a fresh process running
-    # the same search steps (bench_search.measure_memory, independent of pynas.memory).
+    # the same search steps (bench_search.measure_memory, independent of pynas.bench.memory).
     torch.set_num_threads(1)
     batch = 48
     measured = memory_in_subprocess("darts", "fused", batch_size=batch, steps=2, **SMALL)["increase_mb"] * 2 ** 20
@@ -40,7 +41,7 @@ def test_predicted_peak_of_a_cpu_run_is_its_measured_rss_growth(darts_estimate):
 
 
 def _model():
-    from pynas.bench_search import build
+    from pynas.bench.search import build
 
     return build("darts", SMALL["C"], SMALL["layers"])[0]
 
@@ -67,7 +68,7 @@ def test_the_line_through_the_probes():
               dict(growth=190, parameters=5, batches=8, gradients=5, **{"optimiser state": 10}, activations=80)]
     for p in probes:
         p["workspace"] = p["growth"] - p["gradients"] - p["optimiser state"] - p["activations"]
-    from pynas.memory import _fit
+    from pynas.bench.memory import _fit
 
     fits = {part: _fit(probes, (4, 8), part) for part in PARTS}
     est = MemoryEstimate({k: v[0] for k, v in fits.items()}, {k: v[1] for k, v in fits.items()}, "cpu", (4, 8), "")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pynas.bench_search import (build, check_paths, checkpointed_activations_mb, make_batches, saved_activations_mb,
+from pynas.bench.search import (build, check_paths, checkpointed_activations_mb, make_batches, saved_activations_mb,
                                 threads)
 from pynas.nn import SearchNetwork
 from pynas.nn.ops import build_op, lean_forms, plain_forms, recomputable, saves_recomputed
@@ -113,7 +113,7 @@ def test_lean_forms_bring_darts_activations_below_a_third_of_eager():
     with threads(1):
         model, _ = build("darts", 8, 8)  # the DARTS depth: one cell of eight is what checkpointing keeps
         batch = make_batches(2, 16)[0]
-        from pynas.bench_search import EagerSupernet
+        from pynas.bench.search import EagerSupernet
         eager = saved_activations_mb(model, EagerSupernet(model), batch)
         with lean_forms(**{**ALL, "pool_bn": False, "depthwise": False}):
             before = saved_activations_mb(model, model, batch)

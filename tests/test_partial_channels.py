@@ -13,7 +13,7 @@ from pynas.genotype import Genotype, derive_genotype
 from pynas.nn import MixedOp, SearchNetwork
 from pynas.nn.partial import shuffled_concat
 from pynas.search import DartsFirstOrder, SearchConfig, SingleLevel
-from pynas.search.run import RunConfig
+from pynas.search.config import RunConfig
 from test_search import _run, assert_same, full_state, small_digits  # noqa: F401 (a fixture)
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from pynas.search.presets import PRESETS
-from pynas.search.run import RunConfig
+from pynas.search.config import RunConfig
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "presets.md")
 

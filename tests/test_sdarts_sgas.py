@@ -11,7 +11,8 @@ from pynas.cli import main
 from pynas.genotype import Genotype, derive_genotype
 from pynas.nn import SearchNetwork
 from pynas.search import SearchConfig
-from pynas.search.run import RunConfig, SearchRun
+from pynas.search.config import RunConfig
+from pynas.search.run import SearchRun
 from pynas.search.strategies import SdartsRS, Sgas, sgas_scores
 
 
@@ -166,21 +167,19 @@ def test_sgas_search_run_and_select(tmp_path, capsys):
     assert "genotype: Genotype(" in capsys.readouterr().out
 
 
-def test_sgas_pt_chooses_each_op_by_perturbation(tmp_path, monkeypatch):
+def test_sgas_pt_chooses_each_op_by_perturbation(tmp_path):
     import pynas.select.pt as pt
 
     calls = []
-    real = pt.op_by_perturbation
 
-    def spy(model, cell_type, edge, batches, crit, device):
-        chosen, scores = real(model, cell_type, edge, batches, crit, device)
+    def spy(model, cell_type, edge, batches, device):  # the chooser `pynas search --pt` hands the run
+        chosen, scores = pt.op_by_perturbation(model, cell_type, edge, batches, "acc", device)
         calls.append((cell_type, edge, chosen, scores))
         return chosen, scores
 
-    monkeypatch.setattr(pt, "op_by_perturbation", spy)
     cfg = RunConfig(method="sgas", sgas_pt=True, pt_val_batches=1, epochs=2, C=2, layers=3, steps=2,
                     batch_size=128, out=str(tmp_path / "r"), first_decision=1, decision_freq=1)
-    run = SearchRun(cfg, quiet=True)
+    run = SearchRun(cfg, quiet=True, choose_op=spy)
     run.run()
     assert len(calls) == len(run.strategy.decisions) == 8
     for (t, e, chosen, scores), d in zip(calls, run.strategy.decisions):

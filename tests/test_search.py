@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from pynas.cli import main
 from pynas.nn import SearchNetwork
 from pynas.search import METHODS, DartsFirstOrder, DartsSecondOrder, SearchConfig, SingleLevel
-from pynas.search.run import RunConfig, SearchRun
+from pynas.search.config import RunConfig
+from pynas.search.run import SearchRun
 
 
 def tiny(relaxation="softmax", dtype=torch.float32, **kw):
@@ -262,9 +263,9 @@ def test_two_processes_end_with_identical_alpha(tmp_path):
 
 def _watched_model(monkeypatch, seen):
     """Records (dtype, channels-last) of the last cell's outputs of every training forward of a search."""
-    from pynas.search import run
+    from pynas.search import build
 
-    build_model = run.build_model
+    build_model = build.build_model
 
     def watched(cfg, info):
         model = build_model(cfg, info)
@@ -273,7 +274,7 @@ def _watched_model(monkeypatch, seen):
                                            and not out.is_contiguous())) if m.training else None)
         return model
 
-    monkeypatch.setattr(run, "build_model", watched)
+    monkeypatch.setattr(build, "build_model", watched)
 
 
 def test_gpu_user_options_and_presets_run_on_cpu(tmp_path, small_digits, monkeypatch, capsys):
@@ -323,3 +324,12 @@ def test_s1_space_from_a_darts_run(tmp_path, capsys):
     for cell in s1.model.cells:
         assert all(len(edge.materialised) <= 2 for edge in cell.edges)
     s1.run()
+
+
+def test_a_run_is_handed_what_its_options_need_from_other_layers(tmp_path):
+    """--max-memory and SGAS+PT use the benchmarks' and selection's parts, which a SearchRun is handed."""
+    with pytest.raises(ValueError, match="--max-memory needs a batch chooser"):
+        SearchRun(RunConfig(max_memory="1GB", out=str(tmp_path / "m")), quiet=True)
+    with pytest.raises(ValueError, match=r"--pt \(SGAS\+PT\) needs an operation chooser"):
+        SearchRun(RunConfig(method="sgas", sgas_pt=True, out=str(tmp_path / "p")), quiet=True)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()

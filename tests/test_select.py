@@ -236,7 +236,7 @@ def test_pt_keeps_the_searchs_alpha_optimiser_and_a_constant_lr(tmp_path):
     run = tmp_path / "run"
     assert main(["search", "--epochs", "1", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "256",
                  "--out", str(run), "--quiet"]) == 0
-    from pynas.search.run import load_run
+    from pynas.search.build import load_run
     from pynas.select.pt import tuning_strategy
 
     cfg, model, train, val = load_run(str(run))
@@ -270,7 +270,7 @@ def test_pt_tunes_a_supernet_whose_normal_cells_no_longer_reach_the_loss(tmp_pat
 def test_rule_selection_writes_its_genotype_and_evaluate_reads_nb201_runs(tmp_path, capsys):
     from pynas.genotype import NB201Genotype
     from pynas.nn import NB201Network
-    from pynas.search.run import load_run
+    from pynas.search.build import load_run
     from pynas.select import genotype_in_place_of_alpha
 
     run = tmp_path / "nb201"

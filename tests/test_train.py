@@ -113,6 +113,10 @@ def test_train_command_writes_the_result_and_rejects_bad_input(tmp_path, capsys)
     result = json.loads((out / "result.json").read_text())
     assert set(result) >= {"params_M", "flops_M", "test_acc"}
     assert "test accuracy" in capsys.readouterr().out
+    for command in (["select", "--run", str(out), "--method", "magnitude"], ["evaluate", "--run", str(out)]):
+        assert main(command) == 2  # a training run's directory, where a search run's belongs
+        err = capsys.readouterr().err
+        assert f"--run {out} is a training run (pynas train), not a search run" in err and len(err.splitlines()) == 1
     assert main(["train", "--genotype", "NOT_A_CELL", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "--genotype" in capsys.readouterr().err
     # the auxiliary head needs 20x20 inputs; digits are 8x8

@@ -5,12 +5,15 @@ kept edge labelled with its operation), and the helpers every plot uses.
 Graphviz draws the diagram when its ``dot`` binary is installed; otherwise a
 plain matplotlib drawing does.
 """
+import os
 import shutil
 import subprocess
 from typing import Optional, Sequence, Tuple
 
 from .._optional import require
+from ..genotype import Genotype, NB201Genotype
 from ..io import atomic_write
+from ..nn import NB201Network
 
 Edge = Tuple[int, int, str]  # (source node, target node, operation)
 
@@ -121,3 +124,26 @@ def _draw_with_matplotlib(edges, path, title, inputs, num_nodes, concat, colours
     if title:
         ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def draw_search_cells(run, genotype: str) -> Optional[str]:
+    """A search's end-of-run reporter (``SearchRun(reporters=[draw_search_cells])``): the final cells of
+    ``genotype`` as PNG diagrams in the run directory, and the line naming them (nothing without matplotlib)."""
+    if isinstance(run.model, NB201Network):
+        g = NB201Genotype.parse(genotype)
+        cells = {"cell": ([(j, i, op) for i, node in enumerate(g.nodes, start=1) for op, j in node
+                           if op != "none"], 1, len(g.nodes) + 1, [len(g.nodes)])}
+    else:
+        g = Genotype.parse(genotype)
+        cells = {t: ([(j, k + 2, op) for k, node in enumerate(g.nodes(t)) for op, j in node], 2,
+                     g.steps(t) + 2, getattr(g, f"{t}_concat")) for t in ("normal", "reduce")}
+    paths = []
+    try:
+        for cell_type, (edges, inputs, nodes, concat) in cells.items():
+            path = os.path.join(run.out, f"cell-{cell_type}.png")
+            draw_cell(edges, path, f"{cell_type} cell", inputs=inputs, num_nodes=nodes, concat=concat,
+                      ops=run.model.arch.ops)
+            paths.append(path)
+    except ImportError:
+        return None
+    return f"cells drawn: {', '.join(paths)}"

@@ -39,7 +39,7 @@ from ..arch import EdgeWeights
 from ..data import loader
 from ..functional import edge_cost
 from ..io import write_json
-from ..nn import SearchNetwork
+from ..nn import SearchNetwork, forward_with_weights
 from .draw import pyplot, save_figure
 
 
@@ -90,17 +90,6 @@ class PassCosts:
     def edges(self) -> torch.Tensor:
         """``[L, E]``: the cost of each edge, C(Z_ij) of Eq. 5."""
         return self.cells.sum(-1)
-
-
-def forward_with_weights(model: SearchNetwork, x: torch.Tensor, cell_weights: Sequence[EdgeWeights]) -> torch.Tensor:
-    """``model(x)`` with the given weights for each cell in place of the ones
-    its architecture would draw (e.g. a uniformly sampled subnetwork)."""
-    if len(cell_weights) != len(model.cells):
-        raise ValueError(f"forward_with_weights: {len(cell_weights)} weights for {len(model.cells)} cells")
-    s0 = s1 = model.stem(x)
-    for cell, w in zip(model.cells, cell_weights):
-        s0, s1 = s1, cell(s0, s1, w.weights, w.active)
-    return model.classifier(model.global_pooling(s1).flatten(1))
 
 
 def collect_edge_costs(model: SearchNetwork, x: torch.Tensor, y: torch.Tensor,
@@ -390,7 +379,7 @@ class _Unusable(Exception):
 
 
 def _read_run_config(run_dir: str):
-    from ..search.run import RunConfig
+    from ..search.config import RunConfig
 
     if not os.path.isdir(run_dir):
         raise _Unusable(f"{run_dir} is not a directory")
@@ -408,7 +397,7 @@ def _network(cfg, run_dir: Optional[str], epoch: Optional[int] = None):
     """(model, train split, validation split) of a run configuration: the
     weights of ``run_dir``'s checkpoint (the latest, or the one kept after
     ``epoch``), or at initialisation (None), seeded as a run starts."""
-    from ..search.run import build_model, load_run, search_data
+    from ..search.build import build_model, load_run, search_data
 
     if run_dir is not None:
         _, model, train_data, val_data = load_run(run_dir, epoch)
@@ -421,7 +410,7 @@ def _network(cfg, run_dir: Optional[str], epoch: Optional[int] = None):
 
 def _source(args):
     """The network to estimate, its data and a description for cost.json."""
-    from ..search.run import RunConfig
+    from ..search.config import RunConfig
 
     if args.run is not None:
         cfg = _read_run_config(args.run)

@@ -1,7 +1,7 @@
 """Supernets: the DARTS CIFAR search network (any C, depth, nodes, classes,
 input channels or image size) and a network of the wiring paper's minimal cells."""
 import contextlib
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -156,3 +156,14 @@ def minimal_cell_network(C: int = 16, num_classes: int = 10, layers: int = 8, sp
     """A supernet of the wiring paper's minimal cell (Fig. 2): two input nodes,
     two intermediate nodes, five edges; the output concatenates both nodes."""
     return SearchNetwork(C, num_classes, layers, steps=2, multiplier=2, space=space, **kwargs)
+
+
+def forward_with_weights(model: SearchNetwork, x: torch.Tensor, cell_weights: Sequence[EdgeWeights]) -> torch.Tensor:
+    """``model(x)`` with the given weights for each cell in place of the ones
+    its architecture would draw (e.g. a uniformly sampled subnetwork)."""
+    if len(cell_weights) != len(model.cells):
+        raise ValueError(f"forward_with_weights: {len(cell_weights)} weights for {len(model.cells)} cells")
+    s0 = s1 = model.stem(x)
+    for cell, w in zip(model.cells, cell_weights):
+        s0, s1 = s1, cell(s0, s1, w.weights, w.active)
+    return model.classifier(model.global_pooling(s1).flatten(1))

@@ -4,6 +4,7 @@ gloo on CPU, nccl on GPU."""
 import os
 import socket
 import sys
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -34,22 +35,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, argv):
+def _worker(rank, world, port, entry, argv):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     # Share the cores: oversubscribed OpenMP threads would spin against each other.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    from ..cli import main
-
-    code = main(argv)
+    code = entry(argv)
     if code:
         sys.exit(code)
 
 
-def spawn(nproc: int, argv, device: str) -> int:
-    """Runs ``pynas`` with ``argv`` on ``nproc`` local processes."""
+def spawn(entry: Callable[[list], int], nproc: int, argv, device: str) -> int:
+    """Runs ``entry(argv)`` (``pynas``' main, which it is handed) on ``nproc`` local processes."""
     if device == "cuda" and torch.cuda.device_count() < nproc:
         print(f"pynas search: --nproc {nproc} needs {nproc} GPUs, {torch.cuda.device_count()} visible", file=sys.stderr)
         return 2
-    mp.spawn(_worker, args=(nproc, _free_port(), list(argv)), nprocs=nproc, join=True)
+    mp.spawn(_worker, args=(nproc, _free_port(), entry, list(argv)), nprocs=nproc, join=True)
     return 0

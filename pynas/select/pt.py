@@ -186,7 +186,7 @@ class PTSelection:
 
     def val_accuracy(self) -> float:
         """The supernet's accuracy on the whole validation set (BatchNorm in eval mode)."""
-        from ..search.run import evaluate
+        from ..search.build import evaluate
 
         return evaluate(self.model, self.val_data, self.batch_size, self.device)[1]
 

@@ -37,9 +37,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .bench import device_name
-from .io import write_json
-from .nn.ops import plain_forms, recompute_depthwise
+from .ops import device_name
+from ..io import write_json
+from ..nn.ops import plain_forms, recompute_depthwise
 
 METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
 PATHS = ("eager", "fused")
@@ -60,7 +60,7 @@ CIFAR10_TRAIN_IMAGES, SEARCH_EPOCHS = 50_000, 50
 def search_hours(method: str, batch_size: int, step_ms: float) -> float:
     """Hours of the training steps of a 50-epoch CIFAR-10 search at ``step_ms``
     per step (the per-epoch validation pass not counted)."""
-    from .search.strategies import METHODS as STRATEGIES
+    from ..search.strategies import METHODS as STRATEGIES
 
     images = CIFAR10_TRAIN_IMAGES // 2 if STRATEGIES[method][0].bilevel else CIFAR10_TRAIN_IMAGES
     return SEARCH_EPOCHS * math.ceil(images / batch_size) * step_ms / 3.6e6
@@ -85,7 +85,7 @@ def fused_gumbel(generator: Optional[torch.Generator]) -> Noise:
     """The noise pynas' ``gumbel_softmax`` kernel draws from ``generator`` (consuming
     it the same way), up to a constant per row, which no softmax or argmax sees:
     ``log softmax(G)`` of a zero-logit sample at τ = 1. For checking equality."""
-    from .functional import gumbel_softmax
+    from ..functional import gumbel_softmax
 
     def noise(shape, dtype, device):
         zeros = torch.zeros(shape, dtype=dtype, device=device)
@@ -185,8 +185,9 @@ def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, s
     computing in ``layout`` (one of :data:`LAYOUTS`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    from .search.run import RunConfig, build_model
-    from .search.strategies import METHODS as STRATEGIES, SearchConfig
+    from ..search.build import build_model
+    from ..search.config import RunConfig
+    from ..search.strategies import METHODS as STRATEGIES, SearchConfig
 
     torch.manual_seed(seed)
     cfg = RunConfig(space="darts", method=method, C=C, layers=layers, seed=seed, device=str(device))
@@ -457,7 +458,7 @@ def memory_in_subprocess(method: str, path: str, **options) -> dict:
     """:func:`measure_memory` on CPU, in a fresh Python process (VmHWM is a
     process-lifetime maximum, so each (method, path) needs its own)."""
     spec = dict(method=method, path=path, device="cpu", threads=torch.get_num_threads(), **options)
-    return in_fresh_process("pynas.bench_search", "measure_memory", spec, f"memory measurement of {method}/{path}")
+    return in_fresh_process("pynas.bench.search", "measure_memory", spec, f"memory measurement of {method}/{path}")
 
 
 def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dict:
@@ -466,7 +467,7 @@ def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dic
     code = f"import json, sys; from {module} import {function}; " \
            f"print(json.dumps({function}(**json.loads(sys.argv[1]))))"
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above pynas/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -482,7 +483,7 @@ def time_graphed(method: str, batch_size: int, C: int, layers: int, image_size: 
     graph's eager warm-up steps, its capture and ``warmup`` replays, and the peak
     memory (CUDA max allocated) of the whole sequence. ``capture``: a stand-in for
     :func:`~pynas.search.cuda_graphs.cuda_capture` (tests, on the CPU)."""
-    from .search.cuda_graphs import GraphedStep, check_cuda_graphs
+    from ..search.cuda_graphs import GraphedStep, check_cuda_graphs
 
     cuda = torch.device(device).type == "cuda"
     if capture is None:
@@ -543,7 +544,7 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
     """Both paths of every method checked equal, then measured; with
     ``cuda_graphs`` (CUDA), the fused path of each method that can replay its step
     from a graph is timed that way too (``row["fused_graphs"]``)."""
-    from .search.cuda_graphs import GRAPH_METHODS
+    from ..search.cuda_graphs import GRAPH_METHODS
 
     if cuda_graphs and device != "cuda":
         raise ValueError(f"--cuda-graphs needs --device cuda, got --device {device}")

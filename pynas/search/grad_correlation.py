@@ -93,8 +93,7 @@ def probability_gradients(model, batch, cells: Optional[List[int]] = None) -> Di
     so cells sharing α still get their own gradient. Keyed by cell index; the model
     is left as it was (its parameters' ``.grad`` untouched, BatchNorm statistics
     restored)."""
-    from ..nn import SearchNetwork
-    from .edge_cost import forward_with_weights
+    from ..nn import SearchNetwork, forward_with_weights
 
     if not isinstance(model, SearchNetwork):
         raise ValueError("probability gradients need a DARTS-style supernet (SearchNetwork)")

@@ -1,7 +1,5 @@
 """Fused pynas ops against their eager PyTorch forms (`pynas bench`, `pynas bench ops`).
 
-`pynas bench search` runs the whole-search-step benchmark instead (:mod:`pynas.bench_search`).
-
 Every case times forward + backward (or the reduction alone for edge_cost) of
 the eager form and of the fused op on the same inputs, and reports the
 speed-up and the effective bandwidth: the bytes the operation must move at
@@ -16,8 +14,8 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from .functional import edge_cost, gumbel_softmax, mixed_sum
-from .io import write_json
+from ..functional import edge_cost, gumbel_softmax, mixed_sum
+from ..io import write_json
 
 # DARTS-sized feature maps: the three stages of a C = 16 network at batch 64.
 SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8)]
@@ -177,24 +175,6 @@ def format_table(result):
 
 
 def add_arguments(parser):
-    """The ops benchmark's options on ``parser`` itself (plain ``pynas bench``), and
-    the sub-commands ``ops`` (the same) and ``search`` (:mod:`pynas.bench_search`)."""
-    _add_ops_arguments(parser)
-    commands = parser.add_subparsers(dest="bench_command", metavar="{ops,search,memory}")
-    _add_ops_arguments(commands.add_parser("ops", help="the fused ops against their eager forms (the default)"))
-    from . import bench_search
-
-    bench_search.add_arguments(commands.add_parser(
-        "search", help="whole search steps: the fused supernet against the eager way",
-        description=bench_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    from . import memory
-
-    memory.add_arguments(commands.add_parser(
-        "memory", help="the memory of a search step per image, and the largest batch within a budget",
-        description=memory.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-
-
-def _add_ops_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="where to run (all: CPU, and CUDA when present)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], default="float32")
@@ -205,17 +185,9 @@ def _add_ops_arguments(parser):
 
 
 def run(args):
-    if getattr(args, "bench_command", None) == "search":
-        from . import bench_search
-
-        return bench_search.run(args)
-    if getattr(args, "bench_command", None) == "memory":
-        from . import memory
-
-        return memory.run(args)
     import pynas
 
-    from . import _C  # noqa: F401
+    from .. import _C  # noqa: F401
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     cuda_ok = torch.cuda.is_available() and pynas.cuda_kernels_available()

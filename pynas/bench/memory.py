@@ -2,16 +2,16 @@
 (`pynas bench memory`, `pynas search --max-memory`).
 
 Nothing is modelled by hand: the search's own model and strategy (as
-:class:`~pynas.search.run.SearchRun` builds them) take two search steps at two
+:func:`~pynas.search.build.build_search` builds them) take two search steps at two
 small batches, and each part is measured:
 
 - parameters (weights, α, buffers), gradients and optimiser state (the weights'
   SGD momentum, α's Adam moments): the tensors themselves after the steps;
 - activations: what one forward of the training loss keeps for backward
-  (:func:`pynas.bench_search.saved_activations_mb`);
+  (:func:`pynas.bench.search.saved_activations_mb`);
 - the peak of the steps above the model, its optimisers and the batches: CUDA's
   max allocated, or on CPU the peak resident memory (VmHWM) of a fresh process
-  (:func:`pynas.bench_search.measure_memory`'s measure), which also holds what
+  (:func:`pynas.bench.search.measure_memory`'s measure), which also holds what
   no tensor accounts for (glibc's heap fragmentation, code paged in, oneDNN's
   buffers): on CPU that is what a budget is spent on.
 
@@ -35,13 +35,17 @@ probe's batch is quadrupled (twice at most).
 """
 import dataclasses
 import gc
-import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .bench_search import _proc_status_mb, in_fresh_process, make_batches, saved_activations_mb
+from ..data import DATASET_INFO
+from ..io import write_json
+from ..search.budget import budget_bytes, format_bytes
+from ..search.build import build_search
+from ..search.config import RunConfig, add_search_arguments
+from .search import _proc_status_mb, in_fresh_process, make_batches, saved_activations_mb
 
 PROBE_BATCHES = (4, 8)
 MORE_PROBES = 2  # times the second probe's batch is quadrupled when the two probes differ by less than noise
@@ -49,52 +53,6 @@ HARD_RELAXATIONS = ("gumbel_hard", "categorical")
 # α of the forced operation above the others': a Gumbel draw exceeds 30 with probability e^-30.
 FORCED_LOGIT = 30.0
 PARTS = ("parameters", "batches", "gradients", "optimiser state", "activations", "workspace")
-_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)")
-
-
-# -- sizes ---------------------------------------------------------------------
-
-
-def parse_memory(text, option: str) -> Tuple[Optional[int], Optional[float]]:
-    """``(bytes, None)`` for a size with a unit ("10GB" = 10^9 bytes, "512MiB" =
-    512·2^20) or ``(None, fraction)`` for a bare number in (0, 1] (a share of the
-    GPU's memory); anything else is a ValueError naming ``option``."""
-    match = _SIZE.fullmatch(str(text).strip().lower())
-    if match is None or (match.group(2) and match.group(2) not in _UNITS):
-        raise ValueError(f"{option} must be a size such as 10GB, 512MiB or 1.5GiB (units: B, kB, MB, GB, TB, KiB, "
-                         f"MiB, GiB, TiB), or a fraction of the GPU's memory in (0, 1] such as 0.8; got {text!r}")
-    value = float(match.group(1))
-    if not match.group(2):
-        if not 0 < value <= 1:
-            raise ValueError(f"{option} {text}: a bare number is a fraction of the GPU's memory, in (0, 1]; "
-                             f"give a size a unit (e.g. {text}GB)")
-        return None, value
-    size = int(value * _UNITS[match.group(2)])
-    if size < 1:
-        raise ValueError(f"{option} must be at least 1 byte, got {text!r}")
-    return size, None
-
-
-def budget_bytes(text, option: str, device: str) -> int:
-    """The budget ``text`` means on ``device`` in bytes (a fraction: of the CUDA device's total memory)."""
-    size, fraction = parse_memory(text, option)
-    if fraction is None:
-        return size
-    if torch.device(device).type != "cuda":
-        raise ValueError(f"{option} {text}: a fraction of the GPU's memory needs --device cuda; on {device} "
-                         f"give a size (e.g. 10GB)")
-    if not torch.cuda.is_available():
-        raise ValueError(f"{option} {text}: a fraction of the GPU's memory, but no GPU is visible")
-    return int(fraction * torch.cuda.get_device_properties(torch.device(device)).total_memory)
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 # -- one probe -------------------------------------------------------------------
@@ -115,8 +73,6 @@ def force_operation(model, op: int) -> None:
 
 
 def _build(config: dict, info: dict, batch_size: int, force_op: Optional[int]):
-    from .search.run import RunConfig, build_search
-
     cfg = RunConfig(**config)
     torch.manual_seed(cfg.seed)
     model, strategy = build_search(cfg, _Info(**info), steps_per_epoch=1000)
@@ -189,7 +145,7 @@ def _probe(config: dict, info: dict, batch_size: int, force_op: Optional[int]) -
     if torch.device(config["device"]).type != "cuda":
         spec = dict(config=config, info=info, batch_size=batch_size, force_op=force_op,
                     threads=torch.get_num_threads())
-        return in_fresh_process("pynas.memory", "probe", spec, f"the memory probe at batch {batch_size}")
+        return in_fresh_process("pynas.bench.memory", "probe", spec, f"the memory probe at batch {batch_size}")
     gc.collect()
     torch.cuda.empty_cache()
     try:
@@ -232,7 +188,7 @@ class MemoryEstimate:
         return sum(self.fixed.values()) + batch_size * sum(self.per_image.values())
 
     def growth(self, batch_size: int) -> float:
-        """The peak above the model and the batches (what :func:`pynas.bench_search.measure_memory` measures)."""
+        """The peak above the model and the batches (what :func:`pynas.bench.search.measure_memory` measures)."""
         return self.peak(batch_size) - sum(self.fixed[p] + batch_size * self.per_image[p]
                                            for p in ("parameters", "batches"))
 
@@ -256,7 +212,7 @@ def _fit(probes: Sequence[Dict[str, float]], batches: Tuple[int, int], part: str
 
 
 def estimate(cfg, info, probe_batches: Tuple[int, int] = PROBE_BATCHES) -> MemoryEstimate:
-    """The memory of the search ``cfg`` (a :class:`~pynas.search.run.RunConfig`) on
+    """The memory of the search ``cfg`` (a :class:`~pynas.search.config.RunConfig`) on
     data like ``info`` (in_channels, num_classes, image_size), from probes at two
     small batches. Leaves the random state as it was."""
     b1, b2 = probe_batches
@@ -315,6 +271,23 @@ def format_estimate(est: MemoryEstimate, budget: Optional[int] = None, option: s
 
 # -- `pynas bench memory` --------------------------------------------------------------
 
+def batch_within_budget(cfg, info, train_size: int) -> Tuple[int, str]:
+    """``pynas search --max-memory``'s batch chooser (handed to :class:`~pynas.search.run.SearchRun`): the
+    largest batch (at most the ``train_size`` training images) whose measured search step of ``cfg`` fits
+    its budget, and the line that says how it was chosen."""
+    budget = budget_bytes(cfg.max_memory, "--max-memory", cfg.device)
+    est = estimate(cfg, info)
+    fits = est.largest_batch(budget, "--max-memory")
+    batch = min(fits, train_size)
+    message = (f"--max-memory {cfg.max_memory} ({format_bytes(budget)} on {cfg.device}): batch {batch}"
+               + (f" (the {train_size} training images; {fits} would fit)" if batch < fits else "")
+               + f", predicted peak {format_bytes(est.peak(batch))} = {format_bytes(sum(est.fixed.values()))} + "
+                 f"{format_bytes(sum(est.per_image.values()))} per image (measured at batch {est.probe_batches[0]} "
+                 f"and {est.probe_batches[1]}" + (f"; {est.assumption}" if est.assumption else "") + ")"
+               + ("; --batch-increase grows it beyond the budget later" if cfg.batch_increase else ""))
+    return batch, message
+
+
 # The options of `pynas search` that size its step (their names, choices and defaults are the search's).
 SIZE_OPTIONS = ("space", "s1_from", "method", "relaxation", "sample_per", "constraint", "dataset", "C", "layers",
                 "steps", "seed", "device", "amp", "channels_last", "checkpoint_cells", "partial_channels")
@@ -323,10 +296,8 @@ SIZE_OPTIONS = ("space", "s1_from", "method", "relaxation", "sample_per", "const
 def add_arguments(parser):
     import argparse
 
-    from .cli import _add_search_arguments
-
     search = argparse.ArgumentParser(add_help=False)
-    _add_search_arguments(search)
+    add_search_arguments(search)
     for action in search._actions:
         if action.dest in SIZE_OPTIONS:
             parser._add_action(action)
@@ -342,10 +313,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from .data import DATASET_INFO
-    from .io import write_json
-    from .search.run import RunConfig
-
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: getattr(args, k) for k in SIZE_OPTIONS if k in fields and hasattr(args, k)})
     budget = budget_bytes(args.budget, "--budget", cfg.device) if args.budget is not None else None

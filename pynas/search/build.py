@@ -1,0 +1,172 @@
+"""What a search is made of, built from its :class:`~pynas.search.config.RunConfig`: the supernet, the
+strategy, the data, the genotype of a supernet by its method's rule, and a finished run's supernet
+(:func:`load_run`, for selection, evaluation and the analyses)."""
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..arch import TemperatureSchedule
+from ..data import DIGITS_TEST_FRACTION, load_dataset, load_image_dataset, loader, split
+from ..errors import InputError
+from ..genotype import derive_genotype, derive_nb201
+from ..io import load_checkpoint, load_state, parameter_shapes
+from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
+from .config import RunConfig, read_run_config
+from .cost import ResourceConstraint
+from .strategies import METHODS, SearchConfig
+
+
+def build_model(cfg: RunConfig, info):
+    """The supernet of a (resolved or not) run configuration."""
+    cfg = cfg.resolved()
+    init = cfg.a_init
+    schedule = (TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+                if cfg.tau_schedule is not None else None)
+    # Seeded alike on every rank: data-parallel ranks draw the same samples.
+    arch_kwargs = dict(init=init, schedule=schedule, sample_per=cfg.sample_per,
+                       generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
+    relaxation = cfg.relaxation
+    if cfg.space == "nb201":
+        return NB201Network(cfg.C, N=max(1, cfg.layers // 3), num_classes=info.num_classes,
+                            in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+    if cfg.space == "minimal":
+        return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
+                                    relaxation=relaxation, partial_channels=cfg.partial_channels, **arch_kwargs)
+    space = s1_space(cfg.s1_from) if cfg.space == "s1-from-run" else cfg.space
+    return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
+                         space=space, in_channels=info.in_channels, relaxation=relaxation,
+                         partial_channels=cfg.partial_channels, **arch_kwargs)
+
+
+def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
+    """(supernet, strategy) of a resolved run configuration, on its device, as a
+    search runs them (also what :mod:`pynas.bench.memory` measures)."""
+    model = build_model(cfg, info).to(cfg.device)
+    extra = {}
+    if cfg.constraint != "none":
+        extra = dict(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
+                     image_size=info.image_size)
+    if cfg.method == "sdarts-rs":
+        extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
+    if cfg.method == "sgas":
+        extra = dict(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
+                     decision_freq=cfg.decision_freq, choose_op=choose_op)
+    strategy = METHODS[cfg.method][0](model, search_config(cfg), steps_per_epoch, **extra)
+    if cfg.channels_last:  # the network's layout too (evaluation's inputs): C was checked on CPU
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = strategy.channels_last = True
+    if cfg.amp == "bf16":
+        strategy.autocast_dtype = torch.bfloat16
+    strategy.overlap_reduction = cfg.overlap_reduction
+    if cfg.compile:
+        strategy.forward = torch.compile(model)
+    model.checkpoint_cells = cfg.checkpoint_cells  # SearchNetwork's per-cell activation checkpointing
+    return model, strategy
+
+
+def s1_space(run_dir: str):
+    """``s1-from-run``: the top-2 operations per edge of a DARTS search's α (how Zela
+    et al. built S1; the published S1 itself is ``--space s1``)."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--s1-from: no checkpoint at {path}")
+    state = load_checkpoint(path, "search", {})["model"]
+    alphas = {t: state[f"arch.alphas.{t}"] for t in ("normal", "reduce") if f"arch.alphas.{t}" in state}
+    if set(alphas) != {"normal", "reduce"} or alphas["normal"].size(-1) != len(DARTS.ops):
+        raise ValueError(f"--s1-from: {run_dir} is not a search over the DARTS space")
+    return s1_from_alphas(alphas)
+
+
+# The derivation rule each method's paper uses (SNAS Sec. 3.1: the child graph keeps
+# every edge whose argmax is not `none`; the DARTS family keeps the top-2 per node).
+METHOD_RULES = {"snas": "snas", "dsnas": "snas"}
+
+
+def method_rule(method: str) -> str:
+    return METHOD_RULES.get(method, "darts")
+
+
+def genotype_of(model, rule: str = "darts") -> str:
+    """The genotype of ``model`` by ``rule`` (NAS-Bench-201 supernets: argmax per edge)."""
+    if isinstance(model, NB201Network):
+        return str(derive_nb201(model.arch.probabilities("cell"), model.arch.ops))
+    return str(derive_genotype(model.arch, rule))
+
+
+def search_data(cfg: RunConfig):
+    """(weights' training data, α's validation data or the held-out test set, DatasetInfo).
+
+    Bi-level methods split the training set (``train_fraction``); single-level ones
+    train on all of it and report accuracy on the dataset's test set (for the
+    embedded digits, the fixed held-out split that ``pynas train`` tests on)."""
+    cfg = cfg.resolved()
+    if cfg.dataset == "digits":  # the search never sees the digits' fixed test split
+        digits, info = load_dataset("digits")
+        dataset, test = split(digits, 1 - DIGITS_TEST_FRACTION, seed=0)
+    else:
+        dataset, info = load_dataset(cfg.dataset, cfg.data, cfg.cutout, cfg.download)
+        test = None
+    if cfg.train_fraction < 1:
+        train, val = split(dataset, cfg.train_fraction, cfg.seed)
+    else:
+        train, val = dataset, test if test is not None else load_image_dataset(cfg.dataset, cfg.data, train=False)[0]
+    return train, val, info
+
+
+def search_config(cfg: RunConfig) -> SearchConfig:
+    """The optimisers' settings of a resolved run configuration."""
+    return SearchConfig(epochs=cfg.epochs, w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min, w_momentum=cfg.w_momentum,
+                        w_weight_decay=cfg.w_weight_decay, w_nesterov=cfg.w_nesterov, grad_clip=cfg.grad_clip,
+                        a_lr=cfg.a_lr, a_betas=tuple(cfg.a_betas), a_weight_decay=cfg.a_weight_decay,
+                        a_optimizer=cfg.a_optimizer, a_momentum=cfg.a_momentum, a_grad_clip=cfg.a_grad_clip,
+                        warmup_epochs=cfg.warmup_epochs)
+
+
+def evaluate(model, data, batch_size, device="cpu"):
+    model.eval()
+    total, correct, loss = 0, 0, 0.0
+    with torch.no_grad():
+        for x, y in loader(data, batch_size, 0, 0, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+            total += len(y)
+    model.train()
+    return loss / max(total, 1), correct / max(total, 1)
+
+
+def kept_checkpoint(run_dir: str, epoch: int) -> str:
+    """The checkpoint ``--keep-every`` keeps after ``epoch``."""
+    return os.path.join(run_dir, f"checkpoint-epoch{epoch:04d}.pt")
+
+
+def kept_epochs(run_dir: str):
+    """The epochs whose checkpoints a run kept (``--keep-every``), ascending."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(int(n[len("checkpoint-epoch"):-3]) for n in names
+                  if n.startswith("checkpoint-epoch") and n.endswith(".pt") and n[16:-3].isdigit())
+
+
+def load_run(run_dir: str, epoch: Optional[int] = None):
+    """(config, supernet with the checkpoint's weights and α, train data, validation data):
+    the latest checkpoint, or the one kept after ``epoch`` (``--keep-every``)."""
+    cfg = read_run_config(run_dir, "--run").resolved()
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if epoch is not None:
+        checkpoint = kept_checkpoint(run_dir, epoch)
+        if not os.path.exists(checkpoint):
+            raise InputError(f"--epoch {epoch}: {run_dir} kept no checkpoint after it "
+                             f"(kept: {kept_epochs(run_dir) or 'none; search with --keep-every N'})")
+    if not os.path.exists(checkpoint):
+        raise InputError(f"--run {run_dir}: no checkpoint.pt (the search never finished an epoch)")
+    train_data, val_data, info = search_data(dataclasses.replace(cfg, cutout=0, download=False))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, info).to(cfg.device)
+    state = load_checkpoint(checkpoint, "search", {"space": cfg.space, "method": cfg.method},
+                            parameter_shapes(model), map_location=cfg.device)
+    load_state(checkpoint, model, state.get("model"))
+    return cfg, model, train_data, val_data

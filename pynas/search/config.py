@@ -1,0 +1,443 @@
+"""A search run's configuration: :class:`RunConfig` (what config.json holds), its
+checks and method defaults, and `pynas search`'s options that fill it."""
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from ..arch import DEFAULT_SCHEDULES, RELAXATIONS, SAMPLE_PER, SCHEDULE_KINDS, parse_init
+from ..data import DATASETS
+from ..errors import InputError
+from ..io import read_config
+from ..nn.layout import MIN_CHANNELS_LAST_CHANNELS
+from ..nn.partial import check_partial_channels
+from .budget import budget_bytes
+from .cost import ESTIMATORS, PRESETS
+from .cuda_graphs import check_cuda_graphs
+from .presets import PRESETS as SEARCH_PRESETS
+from .strategies import A_OPTIMIZERS, METHODS
+
+DIGITS_A_LR = 0.15
+SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s1-from-run", "minimal")
+
+
+@dataclass
+class RunConfig:
+    """Everything a search run depends on. ``None`` means "the method's default"
+    (see :meth:`resolved`); ``config.json`` holds the resolved values, so passing
+    it back (``pynas search --config``) repeats a run exactly."""
+
+    space: str = "darts"
+    method: str = "darts"
+    dataset: str = "digits"
+    epochs: int = 8
+    batch_size: int = 64
+    # A memory budget ("10GB", "512MiB", or a fraction of the GPU's memory such as "0.8"): the run measures
+    # its step (pynas.memory) and takes the largest batch that fits, recorded as batch_size (None: batch_size).
+    max_memory: Optional[str] = None
+    C: int = 8
+    layers: int = 5
+    steps: int = 4
+    seed: int = 0
+    # Fraction of the training set the weights train on; the rest is α's validation
+    # split. None: 0.5 for bi-level methods; 1.0 for single-level ones (SNAS Sec. 3.1:
+    # the whole training set), which then report accuracy on the held-out test set.
+    train_fraction: Optional[float] = None
+    out: Optional[str] = None
+    # Weights: SGD with cosine annealing from w_lr to w_lr_min (None: 0.001; 0 for snas/dsnas).
+    w_lr: float = 0.025
+    w_lr_min: Optional[float] = None
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    w_nesterov: bool = False
+    grad_clip: float = 5.0
+    # α: Adam (or SGD); weight decay None: 1e-3, but 0 under sigmoid (Single-DARTS Sec. 5.1.2).
+    # None: DARTS' 3e-4, or 0.15 on the embedded digits, whose default search takes ~100 α steps against
+    # DARTS' 19,550 (at 0.05 the mean largest probability stalled at 0.245 after 8 epochs: docs/fidelity.md).
+    a_lr: Optional[float] = None
+    a_betas: Tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: Optional[float] = None
+    a_optimizer: str = "adam"
+    a_momentum: float = 0.0
+    a_grad_clip: Optional[float] = None
+    a_init: Optional[str] = None  # "normal" (1e-3·N(0,1)), "zeros" or a number; None: the method's
+    # Gumbel temperature (None: the relaxation's default schedule).
+    tau_start: Optional[float] = None
+    tau_end: Optional[float] = None
+    tau_schedule: Optional[str] = None
+    sample_per: str = "forward"  # one sample per forward, per cell, or per input sample
+    data: Optional[str] = None
+    download: bool = False
+    cutout: int = 0
+    device: str = "cpu"
+    s1_from: Optional[str] = None  # s1-from-run: the run directory of a DARTS search whose top-2 ops per edge form it
+    relaxation: Optional[str] = None  # overrides the method's relaxation (e.g. sigmoid for single-level)
+    amp: str = "none"  # "bf16": autocast
+    channels_last: bool = False
+    compile: bool = False
+    checkpoint_cells: bool = False  # per-cell activation checkpointing (SearchNetwork.checkpoint_cells)
+    cuda_graphs: bool = False  # the soft step replayed from a CUDA graph (pynas.search.cuda_graphs)
+    overlap_reduction: Optional[bool] = None  # data parallel: weights' gradients averaged during backward (None: on CUDA)
+    constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
+    constraint_weight: Optional[float] = None  # λ; None: the constraint level's
+    cost_estimator: str = "reparameterised"
+    epsilon_alpha: float = 0.3  # SDARTS-RS: the final noise range (ramped from 0.03)
+    warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
+    first_decision: int = 10  # SGAS: the first decision after this many epochs
+    decision_freq: int = 5  # SGAS: epochs between decisions
+    batch_increase: int = 0  # SGAS: the batch grows by this after each decision
+    sgas_pt: bool = False  # SGAS+PT: perturbation-based operation choice on each decided edge
+    pt_val_batches: Optional[int] = None  # SGAS+PT: validation batches per measurement (all)
+    log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
+    log_prob_grad: Optional[str] = None  # Single-DARTS Fig. 3: ∂L/∂p per edge of these cells ("all" or "0,3")
+    tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl (rank 0)
+    keep_every: int = 0  # also keep checkpoint-epoch<N>.pt every N epochs (0: only the latest)
+    # PC-DARTS: each edge's operations see 1/K of the channels, and β normalises each node's edges (K > 1).
+    partial_channels: int = 1
+
+    def prob_grad_cells(self) -> Optional[list]:
+        """The cells ``--log-prob-grad`` names (None: every cell)."""
+        if self.log_prob_grad in (None, "all"):
+            return None
+        try:
+            cells = [int(c) for c in self.log_prob_grad.split(",")]
+        except ValueError:
+            raise ValueError(f"--log-prob-grad must be 'all' or cell indices like 0,3; got {self.log_prob_grad!r}") from None
+        if any(not 0 <= c < self.layers for c in cells):
+            raise ValueError(f"--log-prob-grad: cells must be in [0, {self.layers}), got {self.log_prob_grad!r}")
+        return cells
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every method-dependent default (``None``) filled in."""
+        strategy, relaxation, arch_kwargs = METHODS[self.method]
+        relaxation = self.relaxation or relaxation
+        out = dataclasses.replace(self, relaxation=relaxation, a_betas=tuple(self.a_betas))
+        if out.a_lr is None:
+            out.a_lr = DIGITS_A_LR if self.dataset == "digits" else 3e-4
+        if out.train_fraction is None:
+            out.train_fraction = 0.5 if strategy.bilevel else 1.0
+        if out.w_lr_min is None:
+            out.w_lr_min = 0.0 if self.method in ("snas", "dsnas") else 0.001  # SNAS App. G.1: annealed to 0
+        if out.a_weight_decay is None:
+            out.a_weight_decay = 0.0 if relaxation == "sigmoid" else 1e-3
+        if out.a_init is None:
+            out.a_init = str(arch_kwargs.get("init", -math.log(7) if relaxation == "sigmoid" else "normal"))
+        schedule = DEFAULT_SCHEDULES.get(relaxation)
+        if schedule is not None:
+            out.tau_start = schedule.start if out.tau_start is None else out.tau_start
+            out.tau_end = schedule.end if out.tau_end is None else out.tau_end
+            out.tau_schedule = schedule.kind if out.tau_schedule is None else out.tau_schedule
+        return out
+
+    def validate(self):
+        if self.space not in SPACES:
+            raise ValueError(f"--space must be one of {SPACES}, got {self.space!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {self.method!r}")
+        if self.constraint != "none" and self.method != "snas":
+            raise ValueError(f"--constraint applies to --method snas, not {self.method}")
+        if self.constraint != "none" and self.space == "nb201":
+            raise ValueError("--constraint needs a DARTS-style space, not nb201")
+        if self.constraint not in ("none", *PRESETS):
+            raise ValueError(f"--constraint must be one of none, {', '.join(PRESETS)}; got {self.constraint!r}")
+        if self.cost_estimator not in ESTIMATORS:
+            raise ValueError(f"--cost-estimator must be one of {ESTIMATORS}, got {self.cost_estimator!r}")
+        if self.relaxation is not None and self.relaxation not in RELAXATIONS:
+            raise ValueError(f"--relaxation must be one of {RELAXATIONS}, got {self.relaxation!r}")
+        if self.space == "s1-from-run" and not self.s1_from:
+            raise ValueError("--space s1-from-run needs --s1-from RUN_DIR: a finished DARTS search whose top-2 "
+                             "operations per edge define the space")
+        if self.s1_from and self.space != "s1-from-run":
+            raise ValueError(f"--s1-from applies to --space s1-from-run, not {self.space}")
+        if self.a_optimizer not in A_OPTIMIZERS:
+            raise ValueError(f"--a-optimizer must be one of {A_OPTIMIZERS}, got {self.a_optimizer!r}")
+        if self.sample_per not in SAMPLE_PER:
+            raise ValueError(f"--sample-per must be one of {SAMPLE_PER}, got {self.sample_per!r}")
+        if self.tau_schedule is not None and self.tau_schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"--tau-schedule must be one of {SCHEDULE_KINDS}, got {self.tau_schedule!r}")
+        if self.a_init is not None:
+            try:
+                parse_init(self.a_init)
+            except ValueError as e:
+                raise ValueError(f"--a-init: {e}") from None
+        if len(tuple(self.a_betas)) != 2 or not all(0 <= b < 1 for b in self.a_betas):
+            raise ValueError(f"--a-betas must be two numbers in [0, 1), got {self.a_betas}")
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
+        if self.train_fraction == 1 and METHODS[self.method][0].bilevel:
+            raise ValueError(f"--method {self.method} is bi-level: α needs a validation split, so "
+                             f"--train-fraction must be below 1")
+        for name in ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "a_lr", "a_weight_decay",
+                     "a_momentum", "a_grad_clip", "tau_start", "tau_end", "constraint_weight", "epsilon_alpha"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        for name in ("tau_start", "tau_end"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.log_prob_grad is not None:
+            self.prob_grad_cells()
+            if self.space == "nb201":
+                raise ValueError("--log-prob-grad needs a DARTS-style space, not nb201")
+        if self.cutout and self.dataset == "digits":
+            raise ValueError("--cutout applies to the image datasets (cifar10, cifar100, svhn); the embedded digits "
+                             "are 8x8 and take no augmentation")
+        if self.keep_every < 0:
+            raise ValueError(f"--keep-every must be >= 0 (0: keep only the latest checkpoint), got {self.keep_every}")
+        if self.batch_increase < 0 or self.first_decision < 0:
+            raise ValueError("--batch-increase and --first-decision must be >= 0")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"--amp must be none or bf16, got {self.amp!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.channels_last and self.device == "cpu" and self.C < MIN_CHANNELS_LAST_CHANNELS:
+            raise ValueError(f"--channels-last on CPU needs --C >= {MIN_CHANNELS_LAST_CHANNELS} (oneDNN's channels-last "
+                             f"1x1 convolutions fail below), got --C {self.C}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but no GPU is visible")
+        if self.sgas_pt and self.method != "sgas":
+            raise ValueError(f"--pt applies to --method sgas, not {self.method}")
+        if self.method == "sgas" and self.space in ("nb201", "minimal"):
+            raise ValueError(f"--method sgas needs a cell with two inputs per node, not --space {self.space}")
+        if self.method in ("sdarts-rs", "sgas") and (self.relaxation or "softmax") != "softmax":
+            raise ValueError(f"--method {self.method} works on softmax(α); drop --relaxation {self.relaxation}")
+        if self.epsilon_alpha < 0.03:
+            raise ValueError(f"--epsilon-alpha must be at least 0.03 (the ramp's start), got {self.epsilon_alpha}")
+        if self.warmup_epochs < 0 or self.decision_freq < 1:
+            raise ValueError("--warmup-epochs must be >= 0 and --decision-freq >= 1")
+        if self.method == "sgas" and self.first_decision < self.warmup_epochs:
+            raise ValueError(f"--first-decision ({self.first_decision}) must not come before the end of "
+                             f"--warmup-epochs ({self.warmup_epochs})")
+        if self.checkpoint_cells and (self.space == "nb201" or self.compile or self.log_grad_correlation
+                                      or self.log_prob_grad):
+            raise ValueError("--checkpoint-cells needs a DARTS-style space (not nb201) and runs without --compile, "
+                             "--log-grad-correlation and --log-prob-grad (they observe a cell's forward, which "
+                             "checkpointing runs twice)")
+        if self.cuda_graphs:
+            check_cuda_graphs(self.method, self.device, relaxation=self.relaxation, compile=self.compile,
+                              checkpoint_cells=self.checkpoint_cells, tau_schedule=self.tau_schedule)
+        if self.max_memory is not None:
+            budget_bytes(self.max_memory, "--max-memory", self.device)
+        if self.pt_val_batches is not None and self.pt_val_batches < 1:
+            raise ValueError(f"--pt-val-batches must be at least 1, got {self.pt_val_batches}")
+        for name in ("epochs", "batch_size", "C", "layers", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        self._validate_partial_channels()
+        if self.space != "nb201" and self.layers < 3:
+            # Cells layers//3 and 2·layers//3 reduce from 3 cells on: below that there is no reduction cell.
+            raise ValueError(f"--layers must be at least 3 for --space {self.space} (fewer cells have no reduction "
+                             f"cell, so the reduce cells' α could never be searched), got {self.layers}")
+
+
+    def _validate_partial_channels(self):
+        K = self.partial_channels
+        if K == 1:
+            return
+        check_partial_channels(K, self.C)
+        relaxation = self.relaxation or METHODS[self.method][1]
+        if relaxation in ("gumbel_hard", "categorical"):
+            raise ValueError(f"--partial-channels applies to the soft methods (every operation of an edge mixed); "
+                             f"--method {self.method} samples one operation per edge ({relaxation}): use 1")
+        if self.space == "nb201":
+            raise ValueError("--partial-channels needs a DARTS-style space (PC-DARTS' cells), not nb201")
+        if self.constraint != "none":
+            raise ValueError("--partial-channels with --constraint: SNAS' costs price full-width operations; use one")
+        if self.channels_last and self.device == "cpu" and self.C // K < MIN_CHANNELS_LAST_CHANNELS:
+            raise ValueError(f"--channels-last on CPU needs --C / --partial-channels >= {MIN_CHANNELS_LAST_CHANNELS} "
+                             f"(the operations' channels), got {self.C} / {K}")
+
+
+def read_run_config(run_dir: str, option: str) -> RunConfig:
+    """The validated configuration of the search run in ``run_dir``; ``option`` names where it came from."""
+    if not os.path.exists(run_dir):
+        raise InputError(f"{option} {run_dir}: no such directory")
+    if not os.path.isdir(run_dir):
+        raise InputError(f"{option} {run_dir} is a file; it must name a search run's directory")
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise InputError(f"{option} {run_dir}: no search run there (config.json missing)")
+    _refuse_training_run(path, run_dir, option)
+    cfg = read_config(path, RunConfig, option)
+    try:
+        cfg.validate()
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{option}: {path}: {e}") from None
+    return cfg
+
+
+
+
+def _refuse_training_run(path: str, run_dir: str, option: str) -> None:
+    """A `pynas train` run's directory also holds a config.json: say so instead of listing its unknown keys."""
+    try:
+        with open(path) as f:
+            keys = set(json.load(f))
+    except (OSError, ValueError, TypeError, RecursionError):
+        return  # read_config reports it
+    if {"genotype", "auxiliary_weight"} <= keys and "method" not in keys:
+        raise InputError(f"{option} {run_dir} is a training run (pynas train), not a search run: give the "
+                         f"directory of a `pynas search` run")
+
+
+# -- `pynas search`'s options ---------------------------------------------------------
+
+
+def add_search_arguments(parser):
+    """`pynas search`'s options (also what `pynas bench memory` takes of them)."""
+    d = RunConfig()
+    g = parser.add_argument_group("what to search")
+    g.add_argument("--preset", choices=tuple(SEARCH_PRESETS), default=None,
+                   help="a paper's published search settings (docs/presets.md); --config and explicit options win")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="a run's config.json: repeats that run; explicit options win")
+    g.add_argument("--space", choices=SPACES, default=d.space)
+    g.add_argument("--method", choices=tuple(METHODS), default=d.method)
+    g.add_argument("--relaxation", choices=RELAXATIONS, default=None,
+                   help="override the method's relaxation (e.g. sigmoid for single-level)")
+    g.add_argument("--s1-from", default=None, metavar="RUN_DIR",
+                   help="for --space s1-from-run: a DARTS search whose top-2 operations per edge form the space")
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    g.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
+    g.add_argument("--download", action="store_true", help="download the dataset into --data")
+    g.add_argument("--cutout", type=int, default=d.cutout, help="cutout length (0: off)")
+    g.add_argument("--train-fraction", type=float, default=None,
+                   help="share of the training set the weights train on, the rest is α's validation split "
+                        "(default: 0.5 for bi-level methods, 1 for single-level ones)")
+    g = parser.add_argument_group("supernet")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--max-memory", default=d.max_memory, metavar="SIZE",
+                   help="choose the batch: the largest whose measured search step fits SIZE (10GB, 512MiB; or a "
+                        "fraction of the GPU's memory, e.g. 0.8, with --device cuda); recorded as the run's "
+                        "batch size (default: %(default)s: --batch-size)")
+    g.add_argument("--C", type=int, default=d.C, help="initial channels")
+    g.add_argument("--layers", type=int, default=d.layers, help="cells (NAS-Bench-201: 3 stages of layers/3 cells)")
+    g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = parser.add_argument_group("weight optimiser (SGD, cosine annealing)")
+    g.add_argument("--w-lr", type=float, default=d.w_lr)
+    g.add_argument("--w-lr-min", type=float, default=None, help="default: 0.001; 0 for snas and dsnas")
+    g.add_argument("--w-momentum", type=float, default=d.w_momentum)
+    g.add_argument("--w-weight-decay", type=float, default=d.w_weight_decay)
+    g.add_argument("--w-nesterov", action=argparse.BooleanOptionalAction, default=d.w_nesterov)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="weights' gradient norm clip")
+    g = parser.add_argument_group("architecture optimiser")
+    g.add_argument("--a-optimizer", choices=A_OPTIMIZERS, default=d.a_optimizer)
+    g.add_argument("--a-lr", type=float, default=None,
+                   help="default: 3e-4 (DARTS); 0.15 on the embedded digits (a short search: docs/fidelity.md)")
+    g.add_argument("--a-betas", type=float, nargs=2, default=d.a_betas, metavar=("BETA1", "BETA2"), help="Adam")
+    g.add_argument("--a-momentum", type=float, default=d.a_momentum, help="SGD")
+    g.add_argument("--a-weight-decay", type=float, default=None, help="default: 1e-3; 0 under sigmoid")
+    g.add_argument("--a-grad-clip", type=float, default=None, help="α's gradient norm clip (default: none)")
+    g.add_argument("--a-init", default=None,
+                   help="normal (1e-3 N(0,1)), zeros or a number (default: the method's; -ln 7 under sigmoid)")
+    g = parser.add_argument_group("Gumbel sampling (snas, gdas, dsnas)")
+    g.add_argument("--tau-start", type=float, default=None, help="default: the relaxation's (gumbel 1, gumbel_hard 10)")
+    g.add_argument("--tau-end", type=float, default=None, help="default: the relaxation's (gumbel 0.03, gumbel_hard 0.1)")
+    g.add_argument("--tau-schedule", choices=SCHEDULE_KINDS, default=None, help="default: the relaxation's")
+    g.add_argument("--sample-per", choices=SAMPLE_PER, default=d.sample_per,
+                   help="one sample per forward for all cells of a type, per cell, or per input sample")
+    g = parser.add_argument_group("method options")
+    g.add_argument("--constraint", choices=("none", *PRESETS), default=d.constraint,
+                   help="snas: resource constraint (docs/fidelity.md)")
+    g.add_argument("--constraint-weight", type=float, default=None, help="snas: λ (default: the constraint's)")
+    g.add_argument("--cost-estimator", choices=ESTIMATORS, default=d.cost_estimator)
+    g.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
+                   help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="weights-only epochs before α trains (sgas; pc-darts-cifar10: 15) (default: %(default)s)")
+    g.add_argument("--first-decision", type=int, default=d.first_decision, help="sgas: epochs before the first decision")
+    g.add_argument("--decision-freq", type=int, default=d.decision_freq, help="sgas: epochs between decisions")
+    g.add_argument("--batch-increase", type=int, default=d.batch_increase, help="sgas: batch growth per decision")
+    g.add_argument("--pt", dest="sgas_pt", action="store_true",
+                   help="sgas: choose each decided edge's operation by perturbation (SGAS+PT)")
+    g.add_argument("--pt-val-batches", type=int, default=None,
+                   help="sgas --pt: validation batches per measurement (default: all)")
+    g.add_argument("--partial-channels", type=int, default=d.partial_channels, metavar="K",
+                   help="PC-DARTS: each edge's operations see 1/K of the channels (the rest bypass them) and β "
+                        "normalises each node's edges; soft methods only, K divides --C (default: %(default)s)")
+    g.add_argument("--log-grad-correlation", action="store_true",
+                   help="log Single-DARTS' gradient correlation (Eq. 8) per node every epoch")
+    g.add_argument("--log-prob-grad", default=None, metavar="CELLS",
+                   help="log ∂L/∂p per edge and op of these cells every epoch (Single-DARTS Fig. 3): all, or 0,3")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run directory (default: runs/<space>-<method>-<dataset>-<time>)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    g.add_argument("--keep-every", type=int, default=d.keep_every, metavar="N",
+                   help="also keep the checkpoint of every N-th epoch (a search trajectory; 0: the latest only)")
+    g.add_argument("--quiet", action="store_true", help="no progress line")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help='also write each epoch\'s metrics and α as TensorBoard scalars into DIR '
+                        '(pip install "pynas[tensorboard]")')
+    g.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    g.add_argument("--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the supernet")
+    g.add_argument("--checkpoint-cells", action="store_true",
+                   help="per-cell activation checkpointing: each cell is computed again in backward (about one "
+                        "cell's activations kept instead of all; time reported by pynas bench search) "
+                        "(default: %(default)s)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
+                        "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
+                        "fixed) (default: %(default)s)")
+    g.add_argument("--overlap-reduction", action=argparse.BooleanOptionalAction, default=d.overlap_reduction,
+                   help="data parallel: average the weights' gradients while backward runs (default: with "
+                        "--device cuda; on CPU after backward, measured faster with gloo on shared cores)")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (or launch with torchrun)")
+    for action in parser._actions:  # `--help` shows every default, also of options without a help text
+        if action.help is None and action.option_strings:
+            action.help = "(default: %(default)s)"
+
+
+# Options of `pynas search` that are not part of a run's configuration.
+NOT_CONFIG = ("preset", "config", "resume", "quiet", "nproc", "command")
+
+
+def explicit_options(argv) -> set:
+    """The destinations of the options given on the command line (not defaults)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_search_arguments(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def config_from_arguments(args, argv) -> RunConfig:
+    """The run configuration of parsed `pynas search` options: defaults < --preset < --config FILE < explicit
+    options (those in ``argv``)."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {}
+    if args.preset is not None:
+        values.update(SEARCH_PRESETS[args.preset])
+    if args.config is not None:
+        try:
+            with open(args.config) as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {args.config}: not a run configuration (a JSON object)")
+        unknown = sorted(set(loaded) - fields)
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown keys {unknown}")
+        loaded.pop("out", None)  # a repeated run gets its own directory
+        values.update(loaded)
+    explicit = explicit_options(argv)
+    if {"max_memory", "batch_size"} <= explicit:
+        raise ValueError("--max-memory chooses the batch size: give it or --batch-size, not both")
+    if "max_memory" not in explicit:
+        # A config file's batch was already chosen within its max_memory: it is repeated, not chosen again.
+        values.pop("max_memory", None)
+    values.update({k: getattr(args, k) for k in explicit if k in fields})
+    if "a_betas" in values:
+        values["a_betas"] = tuple(values["a_betas"])
+    return RunConfig(**values)
