@@ -21,14 +21,20 @@ Conv = Tuple[int, int, int, int, int, int]  # (f, k, I, O, groups, stride)
 
 
 def _conv_costs(layers: List[Conv], H: int, W: int) -> Tuple[float, float, float]:
-    """(params, FLOPs, MAC) of a chain of convolutions on an H x W input."""
+    """(params, FLOPs, MAC) of a chain of convolutions on an H x W input.
+
+    Eq. 37 prices the input and output maps at one size, H·W·(I + O); a strided
+    convolution reads its whole input, which SNAS' code prices (SNAS/operations.py,
+    each op's ``forward``: 4·y²·C_in at stride 2 for a y x y output), so each
+    convolution's input is read at its own size."""
     params = flops = mac = 0.0
     for f, k, I, O, g, stride in layers:
-        H, W = math.ceil(H / stride), math.ceil(W / stride)
+        Ho, Wo = math.ceil(H / stride), math.ceil(W / stride)
         p = f * k * I * O / g                      # Eq. 35
         params += p
-        flops += H * W * p                         # Eq. 36
-        mac += H * W * (I + O) + p                 # Eq. 37
+        flops += Ho * Wo * p                       # Eq. 36
+        mac += H * W * I + Ho * Wo * O + p         # Eq. 37, the input at its own size
+        H, W = Ho, Wo
     return params, flops, mac
 
 
