@@ -1,8 +1,14 @@
 """SNAS resource costs (App. F) and the three estimators of E_Z[C(Z)]."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
 
+from pynas.arch import Architecture
+from pynas.functional import gumbel_softmax
 from pynas.nn import DARTS, NB201, SearchNetwork
 from pynas.nn.ops import build_op
 from pynas.search.cost import ResourceConstraint, network_costs, op_costs
@@ -131,3 +137,47 @@ def test_snas_with_constraint_runs_and_prefers_cheap_ops():
     free = [DARTS.ops.index(o) for o in ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")]
     assert p[:, free].sum(-1).mean() > 0.6  # a heavy constraint pushes α to parameter-free operations,
     assert bool((p.argmax(-1) == DARTS.ops.index("none")).all())  # most of all to the one that costs nothing
+
+
+# -- fresh samples of the reparameterised penalty --------------------------------------------------------------
+
+
+def _penalty_setup():
+    """An architecture with random α and five cells' tables, as a supernet's: every table differs, so
+    swapping the two cell types' draws changes the penalty."""
+    g = torch.Generator().manual_seed(1)
+    arch = Architecture("darts", 14, ("normal", "reduce"), relaxation="gumbel",
+                        generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        for a in arch.alphas.values():
+            a.copy_(torch.randn(a.shape, generator=g, dtype=torch.float64))
+    arch.temperature = 0.7
+    types = ("normal", "normal", "reduce", "normal", "reduce")
+    return arch, [(t, torch.rand(14, 8, generator=g, dtype=torch.float64)) for t in types]
+
+
+def test_fresh_samples_do_not_depend_on_the_hash_seed():
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+              "from test_cost import ResourceConstraint, _penalty_setup\n"
+              "arch, tables = _penalty_setup()\n"
+              "print(list({t for t, _ in tables}), repr(float(ResourceConstraint(weight=1.0).penalty(arch, tables))))")
+    outputs = []
+    for seed in ("0", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip().rsplit(" ", 1))
+    (order0, value0), (order4, value4) = outputs
+    assert order0 != order4  # the two hash seeds iterate the set of cell types in different orders
+    assert value0 == value4
+
+
+def test_fresh_samples_are_drawn_in_the_architectures_cell_type_order():
+    arch, tables = _penalty_setup()
+    assert arch.cell_types == ("normal", "reduce")
+    value = ResourceConstraint(weight=0.5).penalty(arch, tables)
+    g = torch.Generator().manual_seed(0)  # the architecture's generator, drawn normal first, then reduce
+    z = {t: gumbel_softmax(arch.alphas[t].detach(), tau=0.7, generator=g) for t in arch.cell_types}
+    expected = 0.5 * sum(float((z[t] * table).sum()) for t, table in tables)
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+

@@ -180,6 +180,19 @@ class ResourceConstraint:
         reduce = torch.mean if self.form == "log" else torch.sum
         return {t: reduce(torch.stack(v), 0) for t, v in costs.items()}
 
+    @staticmethod
+    def _fresh_samples(arch, types: Sequence[str]) -> List[torch.Tensor]:
+        """A soft Gumbel sample per cell type, one per entry of ``types``. Drawn in
+        the architecture's cell-type order: a set's order changes with
+        PYTHONHASHSEED, and with it which type would get which draw of the generator."""
+        fresh = {}
+        for t in arch.cell_types:
+            if t in types:
+                logits = arch.alphas[t].masked_fill(~arch.mask(t), float("-inf"))
+                z = gumbel_softmax(logits, tau=arch.temperature, generator=arch.generator)
+                fresh[t] = torch.where(arch.mask(t), z, torch.zeros_like(z))
+        return [fresh[t] for t in types]
+
     def penalty(self, arch, tables: List[Tuple[str, torch.Tensor]],
                 samples: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """λ·C for the step; ``samples``: the network's own edge weights per cell
@@ -190,12 +203,7 @@ class ResourceConstraint:
             return self.weight * sum(c.sum() for c in self.per_type([probs[t] for t in types], tables).values())
         if self.estimator == "reparameterised":
             if samples is None:
-                fresh = {}
-                for t in set(types):
-                    logits = arch.alphas[t].masked_fill(~arch.mask(t), float("-inf"))
-                    z = gumbel_softmax(logits, tau=arch.temperature, generator=arch.generator)
-                    fresh[t] = torch.where(arch.mask(t), z, torch.zeros_like(z))
-                samples = [fresh[t] for t in types]
+                samples = self._fresh_samples(arch, types)
             samples = [z.mean(0) if z.dim() == 3 else z for z in samples]
             return self.weight * sum(c.sum() for c in self.per_type(samples, tables).values())
         # policy: value C(Z), gradient C(Z)·∇α log p(Z) per edge (Eq. 11: the cost decomposes
