@@ -280,9 +280,9 @@ def loader(dataset, batch_size: int, seed: int, epoch: int, shuffle: bool = True
     the same batches as an uninterrupted one, whatever ``workers``.
 
     Batches are made in ``workers`` processes, by default in this one: on the 2-core CPU measured, a whole
-    augmented batch of 64 CIFAR images cost 1.4 ms of one core, and receiving it from a worker (through
-    shared memory) 1.0 ms of this process, start-up included, so workers pay only where making a batch
-    is dearer than that. ``pin_memory`` (for a CUDA run) puts batches in page-locked memory, from which
+    augmented batch of 64 CIFAR images cost 1.0-1.4 ms of this process' CPU, and receiving it from a
+    worker (through shared memory) 0.8-1.3 ms, the workers' start-up included, so workers pay only where
+    making a batch is dearer than that. ``pin_memory`` (for a CUDA run) puts batches in page-locked memory, from which
     ``.to("cuda", non_blocking=True)`` copies without waiting. With ``world`` > 1, the share of process
     ``rank`` of a ``torch.distributed`` run (DistributedSampler's order); an image is augmented as it would
     be in a one-process run."""
