@@ -72,6 +72,7 @@ class TrainConfig:
     drop_path: Optional[float] = None
     grad_clip: Optional[float] = None
     tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl
+    workers: int = 0  # processes making the training batches (0: the main process)
 
     def resolved(self, nb201: bool) -> "TrainConfig":
         """A copy with every unset value taken from the protocol for this dataset and network."""
@@ -109,6 +110,8 @@ class TrainConfig:
                              "digits are 8x8 and take no augmentation")
         if self.lr_min > self.lr:
             raise ValueError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"--workers must be a non-negative integer, got {self.workers!r}")
 
 
 def _flag(name: str) -> str:
@@ -172,8 +175,8 @@ def test_accuracy(model: nn.Module, data, batch_size: int, device="cpu"):
     model.eval()
     total, correct, loss = 0, 0, 0.0
     with torch.no_grad():
-        for x, y in loader(data, batch_size, 0, 0, shuffle=False):
-            x, y = x.to(device), y.to(device)
+        for x, y in loader(data, batch_size, 0, 0, shuffle=False, pin_memory=torch.device(device).type == "cuda"):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = _logits(model(x))
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())
@@ -325,11 +328,12 @@ class TrainRun:
             model.drop_path_prob = self.drop_path_probability()
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.time()
-        batches = loader(self.train_data, cfg.batch_size, cfg.seed, self.epoch)
+        batches = loader(self.train_data, cfg.batch_size, cfg.seed, self.epoch, workers=cfg.workers,
+                         pin_memory=cfg.device == "cuda")
         loss_sum, correct, seen = 0.0, 0, 0
         model.train()
         for i, (x, y) in enumerate(batches):
-            x, y = x.to(cfg.device), y.to(cfg.device)
+            x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
             output = model(x)
             loss = training_loss(output, y, cfg.auxiliary_weight)
             self.optimizer.zero_grad(set_to_none=True)

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from pynas.analysis import landscape, topology
 from pynas.analysis.landscape import (filter_normalized_direction, gradient_variance, gradient_variance_surface,
                                       loss_contour, random_directions)
-from pynas.analysis.topology import (cell_depth, cell_width, random_connection_variants, random_operation_variants,
-                                     variant_listing)
-from pynas.genotype import AMOEBANET, DARTS_V2, NASNET, SNAS_MILD, SNAS_MILD_EDGE_ALL, Genotype
+from pynas.analysis.topology import (cell_depth, cell_width, nb201_depth, nb201_width, random_connection_variants,
+                                     random_operation_variants, variant_listing)
+from pynas.genotype import AMOEBANET, DARTS_V2, NASNET, SNAS_MILD, SNAS_MILD_EDGE_ALL, Genotype, NB201Genotype
 from pynas.nn import EvalNetwork
-from pynas.nn.spaces import DARTS_WITHOUT_NONE
+from pynas.nn.spaces import DARTS_WITHOUT_NONE, NB201
 from pynas.select.evaluate import parse_genotype
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +59,36 @@ def test_width_and_depth_of_a_chain_and_of_a_pruned_edge_all_cell():
              ("skip_connect", 0), ("none", 1), ("none", 2), ("sep_conv_3x3", 3)]
     pruned = Genotype(pairs, [2, 3, 4], DARTS_V2.reduce, DARTS_V2.reduce_concat)
     assert (cell_width(pruned), cell_depth(pruned)) == (2.0, 1 + 1)
+
+
+# NAS-Bench-201 cells: node 0 the input, nodes 1 and 2 intermediate, node 3 the output. Width: each intermediate
+# node with an input counts c·(edges from node 0)/(its edges); depth: edges on the longest path 0 -> 3.
+NB201_CELLS = [
+    # The issue's cell. Node 1 <- 0: 1c; node 2 <- 0, 1: c/2. Longest path 0 -> 1 -> 2 -> 3.
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", 1.5, 3),
+    # Every node reads only node 0: nodes 1 and 2 are 1c each (they feed nothing, but are computed); path 0 -> 3.
+    ("|nor_conv_3x3~0|+|avg_pool_3x3~0|none~1|+|skip_connect~0|none~1|none~2|", 2.0, 1),
+    # A chain: node 1 <- 0 is 1c, node 2 <- 1 is 0c; 0 -> 1 -> 2 -> 3.
+    ("|nor_conv_1x1~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|skip_connect~2|", 1.0, 3),
+    # Node 2 <- 1 only (0c) feeds nothing: the longest path to the output is 0 -> 1 -> 3.
+    ("|skip_connect~0|+|none~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_1x1~1|none~2|", 1.0, 2),
+    # Node 1 has no edge, so its edge 1 -> 2 carries nothing of the input, nor then node 2's edge 2 -> 3: no
+    # intermediate node counts, and only 0 -> 3 is left (3 connections if the dead edges counted).
+    ("|none~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", 0.0, 1),
+]
+
+
+@pytest.mark.parametrize("text,width,depth", NB201_CELLS)
+def test_width_and_depth_of_nb201_cells_by_hand(text, width, depth):
+    genotype = NB201Genotype.parse(text)
+    assert (nb201_width(genotype), nb201_depth(genotype)) == (width, depth)
+    assert topology.topology(genotype) == {"cell": {"width": width, "depth": depth}}
+
+
+def test_nb201_cell_without_a_path_to_the_output_is_refused():
+    cut = NB201Genotype.parse("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|nor_conv_3x3~2|")
+    with pytest.raises(ValueError, match="no path from the input node 0 to the output node 3"):
+        nb201_depth(cut)
 
 
 # -- random variants ----------------------------------------------------------------------
@@ -119,6 +149,23 @@ def test_operation_variants_keep_topology_and_draw_from_the_candidates():
     assert all(v.reduce == DARTS_V2.reduce for v in random_operation_variants(DARTS_V2, 5, seed=0))
     only = random_operation_variants(DARTS_V2, 5, seed=0, ops=["skip_connect"])
     assert all(op == "skip_connect" for v in only for op, _ in v.normal)
+
+
+def test_nb201_operation_variants_keep_the_none_edges_and_draw_nb201_operations():
+    base = NB201Genotype.parse(NB201_CELLS[3][0])
+    variants = random_operation_variants(base, 60, seed=4)
+    assert random_operation_variants(base, 60, seed=4) == variants
+    seen = set()
+    for v in variants:
+        assert [[j for _, j in node] for node in v.nodes] == [[j for _, j in node] for node in base.nodes]
+        assert [[op == "none" for op, _ in node] for node in v.nodes] == \
+            [[op == "none" for op, _ in node] for node in base.nodes]
+        seen.update(op for node in v.nodes for op, _ in node if op != "none")
+    assert seen == {"skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"} == set(NB201.ops) - {"none"}
+    with pytest.raises(ValueError, match="no connections to redraw"):
+        random_connection_variants(base, 2)
+    with pytest.raises(ValueError, match="no reduction cell"):
+        random_operation_variants(base, 2, cell_type="reduce")
 
 
 def test_variants_are_seeded():
@@ -273,6 +320,21 @@ def test_variants_command_writes_usable_genotype_files(tmp_path, capsys):
     assert "C3" in capsys.readouterr().out
 
 
+def test_topology_and_variants_commands_on_an_nb201_cell(tmp_path, capsys):
+    text, width, depth = NB201_CELLS[0]
+    assert _run(["topology", "--genotype", text, "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "topology.json").read_text())["cell"] == {"width": width, "depth": depth}
+    assert "1.5c" in capsys.readouterr().out
+    out = tmp_path / "v"
+    assert _run(["variants", "--genotype", text, "--kind", "operations", "--n", "2", "--out", str(out)]) == 0
+    expected = random_operation_variants(NB201Genotype.parse(text), 2, seed=0)
+    assert [parse_genotype(str(out / f"variant-{i}.txt")) for i in (1, 2)] == expected
+    data = json.loads((out / "variants.json").read_text())
+    assert data["base"]["cell"] == {"width": width, "depth": depth} and data["cells"] == "cell"
+    # Every NB201 edge runs 0..i-1 -> i, so no operation variant changes width or depth.
+    assert all(entry["cell"] == {"width": width, "depth": depth} for entry in data["variants"])
+
+
 def test_landscape_command_writes_plots_and_json(tmp_path, capsys):
     argv = ["landscape", "--genotype", "DARTS_V2", "--C", "4", "--layers", "3", "--steps", "3", "--batches", "2",
             "--batch-size", "16", "--out", str(tmp_path / "init")]
@@ -302,6 +364,9 @@ def test_landscape_command_writes_plots_and_json(tmp_path, capsys):
     (["variants", "--genotype", "DARTS_V2", "--n", "0"], "--n"),
     (["variants", "--genotype", "DARTS_V2", "--kind", "operations", "--ops", "skip_connect,warp"], "--ops"),
     (["variants", "--genotype", "/no/such/file.txt"], "--genotype"),
+    (["variants", "--genotype", NB201_CELLS[0][0]], "--kind connections"),
+    (["variants", "--genotype", NB201_CELLS[0][0], "--kind", "operations", "--cells", "reduce"], "--cells reduce"),
+    (["topology", "--genotype", "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|"], "no path"),
     (["landscape", "--genotype", "DARTS_V2", "--checkpoint", "/no/such/ckpt.pt"], "--checkpoint"),
     (["landscape", "--genotype", "DARTS_V2", "--batches", "0"], "--batches"),
     (["landscape", "--genotype", "DARTS_V2", "--steps", "4"], "--steps"),

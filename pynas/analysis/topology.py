@@ -3,8 +3,10 @@ variants of a cell ("Understanding Architectures Learnt by Cell-based NAS",
 ICLR 2020, Sec. 3.2 and App. A.2).
 
 A cell is a DAG: input nodes 0 and 1, intermediate nodes 2, 3, ..., and one
-output node that concatenates the ``*_concat`` nodes. Width is given in units of
-c, the width every intermediate node is assumed to share (Sec. 3.2).
+output node that concatenates the ``*_concat`` nodes. A NAS-Bench-201 cell is one
+too: input node 0, intermediate nodes 1 and 2, output node 3, every edge j -> i
+carrying one operation (``none`` removes it). Width is given in units of c, the
+width every intermediate node is assumed to share (Sec. 3.2).
 """
 import os
 import random
@@ -12,14 +14,15 @@ import sys
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
-from ..genotype import GENOTYPES, Genotype, Pair
+from ..genotype import GENOTYPES, Genotype, NB201Genotype, Pair
 from ..io import write_json, write_text
 from ..nn.child import live_nodes
 from ..nn.ops import OPS
-from ..nn.spaces import DARTS_WITHOUT_NONE
+from ..nn.spaces import DARTS_WITHOUT_NONE, NB201
 
 
 CELL_TYPES = ("normal", "reduce")
+NB201_CELL = "cell"  # an NB201 network's one cell type, as its Architecture names it
 
 
 # -- width and depth (Sec. 3.2) ---------------------------------------------------------
@@ -63,8 +66,47 @@ def cell_depth(genotype: Genotype, cell_type: str = "normal") -> int:
     return 1 + max(depth[i] for i in concat)
 
 
-def topology(genotype: Genotype) -> Dict[str, Dict[str, float]]:
-    """``{cell type: {"width": ..., "depth": ...}}`` for the normal and the reduction cell."""
+def _nb201_sources(genotype: NB201Genotype) -> List[List[int]]:
+    """Per node 1, 2, 3, the sources of its edges that carry the input: ``none``
+    removes an edge, and a node left without edges removes the edges out of it
+    (nothing of the input reaches it), as ``live_nodes`` prunes DARTS cells."""
+    alive, sources = {0}, []
+    for i, node in enumerate(genotype.nodes, start=1):
+        live = [j for op, j in node if op != "none" and j in alive]
+        if live:
+            alive.add(i)
+        sources.append(live)
+    return sources
+
+
+def nb201_width(genotype: NB201Genotype) -> float:
+    """Width of a NAS-Bench-201 cell in units of c, as :func:`cell_width`: each
+    intermediate node (1 and 2) counts c times the fraction of its edges that come
+    from the input node 0. Node 3 is the output, so an edge 0 -> 3 adds no width."""
+    *intermediate, _ = _nb201_sources(genotype)
+    return float(sum((Fraction(s.count(0), len(s)) for s in intermediate if s), Fraction(0)))
+
+
+def nb201_depth(genotype: NB201Genotype) -> int:
+    """Depth of a NAS-Bench-201 cell, as :func:`cell_depth`: the connections on the
+    longest path from node 0 to the output node 3. The edges into node 3 carry
+    operations, so they end the path; no concatenation adds a connection."""
+    depth = {0: 0}  # longest path (in connections) from the input node
+    for i, sources in enumerate(_nb201_sources(genotype), start=1):
+        if sources:
+            depth[i] = 1 + max(depth[j] for j in sources)
+    output = len(genotype.nodes)
+    if output not in depth:
+        raise ValueError(f"NB201 cell {genotype}: no path from the input node 0 to the output node {output} "
+                         f"(every path has a 'none' edge)")
+    return depth[output]
+
+
+def topology(genotype) -> Dict[str, Dict[str, float]]:
+    """``{cell type: {"width": ..., "depth": ...}}``: the normal and the reduction
+    cell of a DARTS-style genotype, the one cell of a NAS-Bench-201 genotype."""
+    if isinstance(genotype, NB201Genotype):
+        return {NB201_CELL: {"width": nb201_width(genotype), "depth": nb201_depth(genotype)}}
     return {t: {"width": cell_width(genotype, t), "depth": cell_depth(genotype, t)} for t in CELL_TYPES}
 
 
@@ -137,17 +179,35 @@ def random_connection_variants(genotype: Genotype, n: int, seed: int = 0,
     paper studies normal cells), ``"reduce"`` or ``"both"``; the other cell is
     kept. Seeded by ``random.Random(seed)``; variants are not deduplicated.
     Each node must have exactly two inputs (the two-input form)."""
+    if isinstance(genotype, NB201Genotype):
+        raise ValueError("an NB201 cell has no connections to redraw: each node takes one edge from every earlier "
+                         "node (random operation variants apply)")
     return _variants(genotype, n, seed, cell_type, lambda t, rng: _rewire(genotype, t, rng))
 
 
-def random_operation_variants(genotype: Genotype, n: int, seed: int = 0, ops: Optional[Sequence[str]] = None,
-                              cell_type: str = "normal") -> List[Genotype]:
+def _nb201_operation_variants(genotype: NB201Genotype, n: int, seed: int, ops: Sequence[str]) -> List[NB201Genotype]:
+    if n < 1:
+        raise ValueError(f"the number of variants must be at least 1, got {n}")
+    rng = random.Random(seed)
+    return [NB201Genotype(tuple(tuple((op if op == "none" else rng.choice(ops), j) for op, j in node)
+                                for node in genotype.nodes)) for _ in range(n)]
+
+
+def random_operation_variants(genotype, n: int, seed: int = 0, ops: Optional[Sequence[str]] = None,
+                              cell_type: str = "normal") -> list:
     """``n`` variants of operations (App. A.2): the topology is kept and every
     edge's operation redrawn uniformly from ``ops`` (default: the DARTS
-    operations without ``none``). Seeded by ``random.Random(seed)``."""
-    ops = list(DARTS_WITHOUT_NONE.ops if ops is None else ops)
+    operations without ``none``, NAS-Bench-201's for an NB201 genotype, whose one
+    cell is varied). Seeded by ``random.Random(seed)``."""
+    nb201 = isinstance(genotype, NB201Genotype)
+    default = NB201.ops if nb201 else DARTS_WITHOUT_NONE.ops
+    ops = [op for op in default if op != "none"] if ops is None else list(ops)
     if not ops or "none" in ops or any(op not in OPS for op in ops):
         raise ValueError(f"candidate operations must be known, non-empty and exclude 'none', got {ops}")
+    if nb201:
+        if cell_type == "reduce":
+            raise ValueError("an NB201 genotype has no reduction cell")
+        return _nb201_operation_variants(genotype, n, seed, ops)
     return _variants(genotype, n, seed, cell_type, lambda t, rng: _reoperate(genotype, t, rng, ops))
 
 
@@ -201,48 +261,62 @@ def _topology_command(args) -> int:
     return 0
 
 
+def _draw_variants(genotype, args) -> list:
+    """The variants ``args`` ask for; errors name the argument at fault."""
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.kind == "connections":
+        try:
+            return random_connection_variants(genotype, args.n, args.seed, args.cells)
+        except ValueError as e:
+            raise ValueError(f"--kind connections: {e}") from None
+    if isinstance(genotype, NB201Genotype) and args.cells == "reduce":
+        raise ValueError("--cells reduce: an NB201 genotype has no reduction cell")
+    ops = [op for op in args.ops.split(",") if op] if args.ops else None
+    try:
+        return random_operation_variants(genotype, args.n, args.seed, ops, args.cells)
+    except ValueError as e:
+        raise ValueError(f"--ops: {e}") from None
+
+
 def _variants_command(args) -> int:
     try:
         genotype = load_genotype(args.genotype)
-        if args.n < 1:
-            raise ValueError(f"--n must be at least 1, got {args.n}")
-        if args.kind == "connections":
-            variants = random_connection_variants(genotype, args.n, args.seed, args.cells)
-        else:
-            ops = [op for op in args.ops.split(",") if op] if args.ops else None
-            try:
-                variants = random_operation_variants(genotype, args.n, args.seed, ops, args.cells)
-            except ValueError as e:
-                raise ValueError(f"--ops: {e}") from None
+        variants = _draw_variants(genotype, args)
+        base, listing = topology(genotype), variant_listing(variants)
     except ValueError as e:
         return _fail("variants", e)
-    listing = variant_listing(variants)
     for entry in listing:
         write_text(os.path.join(args.out, f"variant-{entry['index']}.txt"), entry["genotype"] + "\n")
     write_json(os.path.join(args.out, "variants.json"),
-               {"base": {"genotype": str(genotype), **topology(genotype)}, "kind": args.kind, "cells": args.cells,
-                "n": args.n, "seed": args.seed, "variants": listing})
-    rows = [["variant", "cell", "width", "depth"]] + _topology_rows(topology(genotype), "base")
+               {"base": {"genotype": str(genotype), **base}, "kind": args.kind,
+                "cells": NB201_CELL if NB201_CELL in base else args.cells, "n": args.n, "seed": args.seed,
+                "variants": listing})
+    rows = [["variant", "cell", "width", "depth"]] + _topology_rows(base, "base")
     for entry in listing:
-        rows += _topology_rows({t: entry[t] for t in CELL_TYPES}, f"C{entry['index']}")
+        rows += _topology_rows({t: entry[t] for t in base}, f"C{entry['index']}")
     print(_table(rows))
     print(f"wrote {args.n} variants (variant-<i>.txt, usable as --genotype FILE) and variants.json to {args.out}")
     return 0
 
 
+GENOTYPE_HELP = f"name ({', '.join(sorted(GENOTYPES))}), file, Genotype(...) text or a NAS-Bench-201 string"
+
+
 def register_commands(subparsers) -> None:
     """Adds ``topology`` and ``variants`` to an argparse subparsers object."""
     p = subparsers.add_parser("topology", help="width and depth of a genotype's cells (ICLR 2020 cell analysis, Sec. 3.2)")
-    p.add_argument("--genotype", required=True, help=f"name ({', '.join(sorted(GENOTYPES))}), file or Genotype(...) text")
+    p.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
     p.add_argument("--out", default="analysis-topology", help="folder for topology.json")
     p.set_defaults(func=_topology_command)
 
     p = subparsers.add_parser("variants", help="random connection or operation variants of a genotype (App. A.2)")
-    p.add_argument("--genotype", required=True, help=f"name ({', '.join(sorted(GENOTYPES))}), file or Genotype(...) text")
+    p.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
     p.add_argument("--kind", choices=("connections", "operations"), default="connections")
     p.add_argument("--n", type=int, default=5, help="number of variants")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cells", choices=("normal", "reduce", "both"), default="normal", help="which cells to vary")
+    p.add_argument("--cells", choices=("normal", "reduce", "both"), default="normal",
+                   help="which cells to vary (a NAS-Bench-201 genotype has one, always varied)")
     p.add_argument("--ops", default=None,
                    help="comma-separated candidate operations for --kind operations (default: DARTS' without none)")
     p.add_argument("--out", default="analysis-variants", help="folder for variants.json and variant-<i>.txt")

@@ -21,14 +21,20 @@ Conv = Tuple[int, int, int, int, int, int]  # (f, k, I, O, groups, stride)
 
 
 def _conv_costs(layers: List[Conv], H: int, W: int) -> Tuple[float, float, float]:
-    """(params, FLOPs, MAC) of a chain of convolutions on an H x W input."""
+    """(params, FLOPs, MAC) of a chain of convolutions on an H x W input.
+
+    Eq. 37 prices the input and output maps at one size, H·W·(I + O); a strided
+    convolution reads its whole input, which SNAS' code prices (SNAS/operations.py,
+    each op's ``forward``: 4·y²·C_in at stride 2 for a y x y output), so each
+    convolution's input is read at its own size."""
     params = flops = mac = 0.0
     for f, k, I, O, g, stride in layers:
-        H, W = math.ceil(H / stride), math.ceil(W / stride)
+        Ho, Wo = math.ceil(H / stride), math.ceil(W / stride)
         p = f * k * I * O / g                      # Eq. 35
         params += p
-        flops += H * W * p                         # Eq. 36
-        mac += H * W * (I + O) + p                 # Eq. 37
+        flops += Ho * Wo * p                       # Eq. 36
+        mac += H * W * I + Ho * Wo * O + p         # Eq. 37, the input at its own size
+        H, W = Ho, Wo
     return params, flops, mac
 
 
@@ -174,6 +180,19 @@ class ResourceConstraint:
         reduce = torch.mean if self.form == "log" else torch.sum
         return {t: reduce(torch.stack(v), 0) for t, v in costs.items()}
 
+    @staticmethod
+    def _fresh_samples(arch, types: Sequence[str]) -> List[torch.Tensor]:
+        """A soft Gumbel sample per cell type, one per entry of ``types``. Drawn in
+        the architecture's cell-type order: a set's order changes with
+        PYTHONHASHSEED, and with it which type would get which draw of the generator."""
+        fresh = {}
+        for t in arch.cell_types:
+            if t in types:
+                logits = arch.alphas[t].masked_fill(~arch.mask(t), float("-inf"))
+                z = gumbel_softmax(logits, tau=arch.temperature, generator=arch.generator)
+                fresh[t] = torch.where(arch.mask(t), z, torch.zeros_like(z))
+        return [fresh[t] for t in types]
+
     def penalty(self, arch, tables: List[Tuple[str, torch.Tensor]],
                 samples: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """λ·C for the step; ``samples``: the network's own edge weights per cell
@@ -184,12 +203,7 @@ class ResourceConstraint:
             return self.weight * sum(c.sum() for c in self.per_type([probs[t] for t in types], tables).values())
         if self.estimator == "reparameterised":
             if samples is None:
-                fresh = {}
-                for t in set(types):
-                    logits = arch.alphas[t].masked_fill(~arch.mask(t), float("-inf"))
-                    z = gumbel_softmax(logits, tau=arch.temperature, generator=arch.generator)
-                    fresh[t] = torch.where(arch.mask(t), z, torch.zeros_like(z))
-                samples = [fresh[t] for t in types]
+                samples = self._fresh_samples(arch, types)
             samples = [z.mean(0) if z.dim() == 3 else z for z in samples]
             return self.weight * sum(c.sum() for c in self.per_type(samples, tables).values())
         # policy: value C(Z), gradient C(Z)·∇α log p(Z) per edge (Eq. 11: the cost decomposes
