@@ -12,7 +12,7 @@ VENV=.venv
 PY=$VENV/bin/python
 
 TORCH_DEPS='torch==2.13.0 torchvision==0.28.0'
-OTHER_DEPS='ninja pytest pytest-xdist hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard'
+OTHER_DEPS='ninja pytest pytest-xdist hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard tqdm'
 
 setup_venv() {
   # The stamp records what was installed, so a changed dependency list reinstalls.

@@ -176,5 +176,5 @@ def _pinned_torch():
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=[_pinned_torch(), "numpy"],
+    install_requires=[_pinned_torch(), "numpy", "tqdm"],
 )

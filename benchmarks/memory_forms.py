@@ -1,6 +1,6 @@
 """Activation memory and step time of the fused `darts` step under each memory form (issue 16).
 
-Activations (`act. MB`, pynas.bench_search.saved_activations_mb: unique storages one forward keeps for
+Activations (`act. MB`, pynas.bench.search.saved_activations_mb: unique storages one forward keeps for
 backward; with checkpointing the checkpointed forward's plus the largest cell's recomputation) for the
 eager path and each fused variant; then the fused variants' step times, taking turns step by step in
 one process (drift on a shared machine favours none), median after warm-up. Writes JSON.

@@ -4,6 +4,7 @@ import os
 import sys
 
 from .errors import InputError, run_command
+from .progress import add_log_every_argument
 
 
 def _search(args, argv=None):
@@ -24,7 +25,8 @@ def _search(args, argv=None):
     search_argv = (argv if argv is not None else sys.argv[1:])[1:]
     try:
         cfg = config_from_arguments(args, search_argv)
-        run = SearchRun(cfg, resume=args.resume, quiet=args.quiet, choose_batch=batch_within_budget,
+        run = SearchRun(cfg, resume=args.resume, quiet=args.quiet, log_every=args.log_every,
+                        choose_batch=batch_within_budget,
                         choose_op=op_by_perturbation, reporters=[draw_search_cells])
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
         print(f"pynas search: {e}", file=sys.stderr)
@@ -46,7 +48,8 @@ def _add_select_arguments(parser):
     parser.add_argument("--val-batches", type=int, default=None, help="validation batches per measurement (all)")
     parser.add_argument("--phases", default="operation,topology")
     parser.add_argument("--out", default=None, help="where to write (default: RUN_DIR/select-<method>)")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress display, only the decisions")
+    add_log_every_argument(parser)
 
 
 def _select(args):
@@ -63,21 +66,22 @@ def _select(args):
             write_text(os.path.join(out, "genotype.txt"), genotype + "\n")
         else:
             out = args.out or os.path.join(args.run, f"select-{args.method}")
-            import torch
-
+            from .io import load_checkpoint
+            from .progress import Progress
             from .select.pt import tuning_strategy
 
             # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
             checkpoint = (os.path.join(args.run, "checkpoint.pt") if args.epoch is None
                           else kept_checkpoint(args.run, args.epoch))
-            search_state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+            search_state = load_checkpoint(checkpoint, "search", {"space": cfg.space, "method": cfg.method})
             pt = PTSelection(model, train_data, val_data, out, seed=cfg.seed, crit=args.crit,
                              tune_epochs=args.tune_epochs, val_batches=args.val_batches, batch_size=cfg.batch_size,
                              phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
                              fixed_alpha=cfg.method in ("fixed", "uniform"), device=cfg.device,
                              log=(lambda *a: None) if args.quiet else print,
                              strategy=tuning_strategy(cfg.method, cfg.epsilon_alpha, cfg.seed + 2),
-                             arch_state=search_state["strategy"].get("a_opt"))
+                             arch_state=search_state["strategy"].get("a_opt"),
+                             progress=Progress(quiet=args.quiet, log_every=args.log_every))
             if pt.resume():
                 print(f"resuming: {len(pt.trail)} decisions already made")
             genotype = str(pt.run())
@@ -121,7 +125,11 @@ def _add_train_arguments(parser):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=None, help="run directory (default: runs/train-<dataset>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress display, only the epochs' summary lines")
+    add_log_every_argument(parser)
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes making the batches (default: 0, the main one; the batches are the same "
+                             "for any N)")
     parser.add_argument("--tensorboard", default=None, metavar="DIR",
                         help='also write each epoch\'s metrics as TensorBoard scalars into DIR '
                              '(pip install "pynas[tensorboard]")')
@@ -140,9 +148,10 @@ def _train(args):
 
     protocol = {name: getattr(args, name) for name in DARTS_PROTOCOL}
     cfg = TrainConfig(genotype=args.genotype, dataset=args.dataset, data=args.data, download=args.download,
-                      seed=args.seed, device=args.device, out=args.out, tensorboard=args.tensorboard, **protocol)
+                      seed=args.seed, device=args.device, out=args.out, tensorboard=args.tensorboard,
+                      workers=args.workers, **protocol)
     try:
-        run = TrainRun(cfg, resume=args.resume, quiet=args.quiet)
+        run = TrainRun(cfg, resume=args.resume, quiet=args.quiet, log_every=args.log_every)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"pynas train: {e}", file=sys.stderr)
         return 2

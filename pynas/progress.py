@@ -132,3 +132,10 @@ class EpochProgress:
         block to leaving it (to now while inside), and the images over it."""
         seconds = (self.progress.clock() if self.end is None else self.end) - self.start
         return seconds, (self.images / seconds if seconds > 0 else 0.0)
+
+
+def add_log_every_argument(parser) -> None:
+    """``--log-every N`` for a command that shows its progress (search, select, train, analyze)."""
+    parser.add_argument("--log-every", type=int, default=None, metavar="N",
+                        help="off a terminal, a progress line every N steps (default: about ten per epoch); on a "
+                             "terminal a bar")

@@ -33,6 +33,7 @@ from .errors import InputError, NonFiniteError
 from .io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes, read_config,
                  remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from .nn import EvalNetwork, NB201Network
+from .progress import Progress
 from .errors import quoted
 from .genotype import GENOTYPES
 from .select import parse_genotype
@@ -210,7 +211,8 @@ def load_train_test(cfg: TrainConfig):
 
 
 class TrainRun:
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, quiet: bool = False,
+                 log_every: Optional[int] = None):
         if resume:
             if not os.path.isdir(resume):
                 raise InputError(f"--resume {resume}" + (" is a file; it must name a training run's directory"
@@ -234,6 +236,7 @@ class TrainRun:
         except (ValueError, TypeError) as e:
             raise InputError(f"--resume {resume}: config.json: {e}" if resume else str(e)) from None
         self.cfg, self.quiet = cfg, quiet
+        self.progress = Progress(quiet=quiet, log_every=log_every)  # a bar on a terminal, else a line per N steps
         # Opened first: a missing tensorboard package stops the run before any work.
         self.tensorboard = TensorBoardLogger(cfg.tensorboard) if cfg.tensorboard else None
         torch.manual_seed(cfg.seed)
@@ -330,29 +333,34 @@ class TrainRun:
         start = time.time()
         batches = loader(self.train_data, cfg.batch_size, cfg.seed, self.epoch, workers=cfg.workers,
                          pin_memory=cfg.device == "cuda")
+        # Sums stay on the device (float64: the same numbers as summing on the host), read at the epoch's end;
+        # the progress display reads its own at most once a second (a terminal) or every --log-every steps.
         loss_sum, correct, seen = 0.0, 0, 0
         model.train()
-        for i, (x, y) in enumerate(batches):
-            x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
-            output = model(x)
-            loss = training_loss(output, y, cfg.auxiliary_weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((_logits(output).argmax(-1) == y).sum())
-            seen += len(y)
-            if not self.quiet and sys.stdout.isatty():
-                print(f"\repoch {self.epoch + 1}/{cfg.epochs} step {i + 1}/{len(batches)} "
-                      f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}", end="", flush=True)
+        with self.progress.epoch(f"epoch {self.epoch + 1}/{cfg.epochs}", len(batches)) as bar:
+            for x, y in batches:
+                x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
+                output = model(x)
+                loss = training_loss(output, y, cfg.auxiliary_weight)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                hits = (_logits(output).argmax(-1) == y).sum()
+                loss_sum = loss_sum + loss.detach().double() * len(y)
+                correct = correct + hits
+                seen += len(y)
+                bar.update(len(y), loss=loss.detach(), acc=hits / len(y))
+        loss_sum, correct = float(loss_sum), int(correct)
+        epoch_seconds, images_per_second = bar.summary()
         self.scheduler.step()
         test_loss, test_acc = test_accuracy(model, self.test_data, cfg.batch_size, cfg.device)
         self.epoch += 1
         record = {"epoch": self.epoch, "lr": lr, "drop_path": getattr(model, "drop_path_prob", 0.0),
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                  "test_loss": test_loss, "test_acc": test_acc, "seconds": time.time() - start}
+                  "test_loss": test_loss, "test_acc": test_acc, "seconds": time.time() - start,
+                  "epoch_seconds": epoch_seconds, "images_per_second": images_per_second}
         append_jsonl(os.path.join(self.out, "metrics.jsonl"), record)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
@@ -361,7 +369,7 @@ class TrainRun:
                                  f"saving this epoch (the checkpoint in {self.out} keeps epoch {self.epoch - 1}); "
                                  f"lower --lr, or set --grad-clip")
         self._save()
-        self._log(f"\repoch {self.epoch}/{cfg.epochs} lr {lr:.5f} train loss {record['train_loss']:.3f} "
+        self._log(f"epoch {self.epoch}/{cfg.epochs} lr {lr:.5f} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | test loss {test_loss:.3f} acc {test_acc:.4f} "
                   f"({record['seconds']:.1f} s)")
 

@@ -17,7 +17,7 @@ LAYERS = {
     "pynas.search": 3, "pynas.select.rules": 3, "pynas.select.evaluate": 3,
     "pynas.nn": 2, "pynas.arch": 2, "pynas.genotype": 2,
     "pynas.functional": 1,
-    "pynas": 2, "pynas._build_info": 0, "pynas.errors": 0, "pynas._optional": 0, "pynas.io": 0, "pynas.data": 0, "pynas.tensorboard": 0,
+    "pynas": 2, "pynas._build_info": 0, "pynas.errors": 0, "pynas._optional": 0, "pynas.progress": 0, "pynas.io": 0, "pynas.data": 0, "pynas.tensorboard": 0,
 }
 
 

@@ -40,6 +40,7 @@ from ..data import loader
 from ..functional import edge_cost
 from ..io import write_json
 from ..nn import SearchNetwork, forward_with_weights
+from ..progress import Progress, add_log_every_argument
 from .draw import pyplot, save_figure
 
 
@@ -220,14 +221,15 @@ SAMPLE_PER = ("type", "cell")
 
 
 def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int = 64, seed: int = 0,
-                     per: str = "type") -> MonteCarloCost:
+                     per: str = "type", progress: Optional[Progress] = None) -> MonteCarloCost:
     """Sec. 5.1's Monte Carlo estimate of the cost of every operation on every
     edge of every cell: for ``samples`` batches of ``data`` (cycled, reshuffled
     per pass over it), a subnetwork is sampled uniformly (one op per edge among
     those the mask allows, `none` included) and the cost of each sampled op is
     stored; θ and α are never updated. ``per="type"``: one sample per cell type,
     shared by all cells of that type, as the wiring paper's analysis code does
-    (α is shared the same way); ``per="cell"``: each cell draws its own."""
+    (α is shared the same way); ``per="cell"``: each cell draws its own. ``progress`` shows the samples
+    (:class:`~pynas.progress.Progress`; none by default)."""
     if samples < 1:
         raise ValueError(f"monte_carlo_cost: `samples` must be at least 1, got {samples}")
     if per not in SAMPLE_PER:
@@ -240,7 +242,7 @@ def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int =
     result = MonteCarloCost(tuple(model.arch.ops), list(model.cells[0].edge_names), types,
                             RunningStats((L, E, K), device), RunningStats((L,), device),
                             *(RunningStats((), device) for _ in range(3)))
-    with batch_statistics(model):
+    with batch_statistics(model), (progress or Progress(quiet=True)).epoch("sampling", samples) as bar:
         for x, y in _batches(data, batch_size, seed, samples):
             if per == "type":  # drawn in the order the cells first use each type
                 by_type = {}
@@ -260,6 +262,7 @@ def monte_carlo_cost(model: SearchNetwork, data, samples: int, batch_size: int =
                 getattr(result, name).update(torch.tensor(getattr(costs, name), dtype=torch.float64))
             result.chosen.append(chosen.cpu())
             result.sampled.append(picked.cpu())
+            bar.update(len(y), loss=costs.loss)
     return result
 
 
@@ -476,9 +479,11 @@ def cost_command(args) -> int:
     try:
         if args.samples < 1 or args.batch_size < 1:
             raise _Unusable("--samples and --batch-size must be at least 1")
+        progress = Progress(quiet=args.quiet, log_every=args.log_every)
         other = _read_cost_json(args.compare) if args.compare else None
         model, data, source = _source(args)
-        payload = monte_carlo_cost(model, data, args.samples, args.batch_size, args.seed, args.sample_per).to_json()
+        payload = monte_carlo_cost(model, data, args.samples, args.batch_size, args.seed, args.sample_per,
+                                   progress).to_json()
         payload["sample_per"] = args.sample_per
         payload["source"] = dict(source, split=args.split, batch_size=args.batch_size, sampling_seed=args.seed)
         if other is not None:
@@ -534,5 +539,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling and data order (and, with --init alone, weights)")
     p.add_argument("--compare", metavar="OTHER.json", help="another cost.json: adds side-by-side and difference maps")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_log_every_argument(p)
     p.set_defaults(func=cost_command)
 

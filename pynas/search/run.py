@@ -21,15 +21,13 @@ from ..errors import InputError, NonFiniteError
 from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes,
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from ..nn import NB201Network
+from ..progress import Progress
 from ..tensorboard import TensorBoardLogger
 from .build import build_search, evaluate, genotype_of, kept_checkpoint, method_rule, search_data
 from .config import RunConfig, read_run_config
 from .cuda_graphs import GraphedStep, check_cuda_graphs
 from .grad_correlation import gradient_correlation, probability_gradients
 from .strategies import Sgas
-
-PROGRESS_SECONDS = 1.0  # the terminal's progress line (a host synchronisation) at most this often
-
 
 def _rng_state(model):
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -91,7 +89,7 @@ class SearchRun:
     :meth:`print_summary` (``pynas.analysis.draw.CellDrawings``)."""
 
     def __init__(self, cfg: RunConfig, resume: Optional[str] = None, quiet: bool = False, *,
-                 choose_batch: Optional[BatchChooser] = None, choose_op: Optional[OpChooser] = None,
+                 log_every: Optional[int] = None, choose_batch: Optional[BatchChooser] = None, choose_op: Optional[OpChooser] = None,
                  reporters: Sequence[Reporter] = ()):
         if resume:
             cfg = _resumed_config(resume)
@@ -111,6 +109,7 @@ class SearchRun:
         random.seed(cfg.seed)
         self.train_data, self.val_data, self.info = search_data(cfg)
         self.rank, self.world = _distributed()
+        self.progress = Progress(quiet=quiet or self.rank != 0, log_every=log_every)  # a bar or a line per N steps
         if cfg.max_memory is not None and not resume:
             cfg = self.cfg = self._batch_within(cfg, choose_batch)
         # Steps per epoch on each rank (a DistributedSampler gives each rank 1/world of the data).
@@ -310,11 +309,9 @@ class SearchRun:
         return self.cfg.batch_size + self.cfg.batch_increase * rounds
 
     def _loader(self, data, seed):
-        if self.world == 1:
-            return loader(data, self.batch_size(), seed, self.epoch)
-        sampler = torch.utils.data.DistributedSampler(data, self.world, self.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(self.epoch)
-        return torch.utils.data.DataLoader(data, batch_size=self.batch_size(), sampler=sampler)
+        # This rank's share of the epoch (DistributedSampler's order); the same batches for any --workers.
+        return loader(data, self.batch_size(), seed, self.epoch, workers=self.cfg.workers,
+                      pin_memory=self.cfg.device == "cuda", world=self.world, rank=self.rank)
 
     def _epoch(self):
         cfg = self.cfg
@@ -322,34 +319,31 @@ class SearchRun:
         train = self._loader(self.train_data, cfg.seed)
         val = self._loader(self.val_data, cfg.seed + 1)
         val_iter = iter(val)
-        # Sums stay on the device (the steps' metrics are device tensors): read once at the epoch's end,
-        # and for the terminal's progress line at most every PROGRESS_SECONDS.
+        # Sums stay on the device (the steps' metrics are device tensors): read once at the epoch's end;
+        # the progress display reads its own at most once a second (a terminal) or every --log-every steps.
         sums, n = {"loss": 0.0, "acc": 0.0}, 0
-        shown = time.monotonic()
         grad_correlation = prob_grad = None
-        for i, train_batch in enumerate(train):
-            val_batch = None
-            if self.strategy.bilevel:
-                try:
-                    val_batch = next(val_iter)
-                except StopIteration:
-                    val_iter = iter(val)
-                    val_batch = next(val_iter)
-            if i == 0 and cfg.log_grad_correlation:
-                # Bi-level: α's (validation) batch against the weights' batch; single-level: the batch with itself.
-                grad_correlation = gradient_correlation(self.model, val_batch or train_batch,
-                                                        train_batch if val_batch is not None else None)
-            if i == 0 and cfg.log_prob_grad is not None:  # on the weights' batch, before the step
-                prob_grad = probability_gradients(self.model, train_batch, cfg.prob_grad_cells())
-            m = self.step(train_batch, val_batch)
-            for k in sums:
-                sums[k] = sums[k] + m[k]
-            n += 1
-            if (not self.quiet and self.rank == 0 and sys.stdout.isatty()
-                    and (time.monotonic() - shown >= PROGRESS_SECONDS or i + 1 == len(train))):
-                shown = time.monotonic()
-                print(f"\repoch {self.epoch + 1}/{cfg.epochs} step {i + 1}/{len(train)} "
-                      f"loss {float(sums['loss']) / n:.3f} acc {float(sums['acc']) / n:.3f}", end="", flush=True)
+        with self.progress.epoch(f"epoch {self.epoch + 1}/{cfg.epochs}", len(train)) as bar:
+            for i, train_batch in enumerate(train):
+                val_batch = None
+                if self.strategy.bilevel:
+                    try:
+                        val_batch = next(val_iter)
+                    except StopIteration:
+                        val_iter = iter(val)
+                        val_batch = next(val_iter)
+                if i == 0 and cfg.log_grad_correlation:
+                    # Bi-level: α's (validation) batch against the weights' batch; single-level: the batch with itself.
+                    grad_correlation = gradient_correlation(self.model, val_batch or train_batch,
+                                                            train_batch if val_batch is not None else None)
+                if i == 0 and cfg.log_prob_grad is not None:  # on the weights' batch, before the step
+                    prob_grad = probability_gradients(self.model, train_batch, cfg.prob_grad_cells())
+                m = self.step(train_batch, val_batch)
+                for k in sums:
+                    sums[k] = sums[k] + m[k]
+                n += 1
+                bar.update(len(train_batch[1]) * self.world, loss=m["loss"], acc=m["acc"])  # the whole job's images
+        epoch_seconds, images_per_second = bar.summary()
         sums = {k: float(v) for k, v in sums.items()}  # the epoch's one read of the step metrics
         self.strategy.epoch_end()
         val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size, cfg.device)
@@ -359,6 +353,7 @@ class SearchRun:
                   "cost": getattr(self.strategy, "last_cost", None),
                   "decisions": getattr(self.strategy, "last_decisions", None),
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
+                  "epoch_seconds": epoch_seconds, "images_per_second": images_per_second,
                   "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
         if self.world > 1:
             record["ranks_agree"], record["rank_checksums"] = self._ranks_agree()
@@ -371,7 +366,7 @@ class SearchRun:
         for d in record["decisions"] or []:
             self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} (score {d['score']:.3f}) -> {d['op']}"
                       + (f", pruned {d['pruned']}" if d["pruned"] else ""))
-        self._log(f"\repoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
+        self._log(f"epoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
 
 

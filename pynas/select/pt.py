@@ -36,6 +36,7 @@ from ..genotype import Genotype, derive_cell, derive_nb201
 from ..errors import InputError
 from ..io import (checkpoint_header, load_checkpoint, load_state, parameter_shapes, remove_stale_temporaries,
                   save_checkpoint, write_json)
+from ..progress import Progress
 from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Strategy
 
 PHASES = ("operation", "topology")
@@ -135,7 +136,8 @@ class PTSelection:
                  tune_epochs: int = 5, val_batches: Optional[int] = None, batch_size: int = 64,
                  phases: Sequence[str] = PHASES, magnitude: bool = False, fixed_alpha: bool = False,
                  device: str = "cpu", log=print, last_tune_epochs: int = 1, tune_lr: float = TUNE_LR,
-                 strategy: Optional[Callable[..., Strategy]] = None, arch_state: Optional[dict] = None):
+                 strategy: Optional[Callable[..., Strategy]] = None, arch_state: Optional[dict] = None,
+                 progress: Optional[Progress] = None):
         if crit not in ("acc", "loss"):
             raise ValueError(f"--crit must be acc or loss, got {crit!r}")
         unknown = [p for p in phases if p not in PHASES]
@@ -150,6 +152,7 @@ class PTSelection:
         self.last_tune_epochs = last_tune_epochs
         self.batch_size, self.phases, self.magnitude, self.fixed_alpha = batch_size, tuple(phases), magnitude, fixed_alpha
         self.device, self.log = device, log
+        self.progress = progress or Progress(quiet=True)  # a bar per round's fine-tuning
         self.arch = model.arch
         # NAS-Bench-201 cells keep every edge: only the operation phase applies.
         self.nb201 = self.arch.cell_types == ("cell",)
@@ -193,18 +196,21 @@ class PTSelection:
     # -- fine-tuning ----------------------------------------------------------
     def fine_tune(self, epochs: int):
         strategy = self.strategy
-        for epoch in range(epochs):
-            seed = self.seed + 7919 * (self.rounds + 1) + 104_729 * epoch
-            val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 0))
-            for train_batch in loader(self.train_data, self.batch_size, seed, 0):
-                val_batch = None
-                if strategy.bilevel:
-                    try:
-                        val_batch = next(val_iter)
-                    except StopIteration:
-                        val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 1))
-                        val_batch = next(val_iter)
-                strategy.step(train_batch, val_batch)
+        steps = len(loader(self.train_data, self.batch_size, 0, 0))
+        with self.progress.epoch(f"round {self.rounds}: tuning", epochs * steps) as bar:
+            for epoch in range(epochs):
+                seed = self.seed + 7919 * (self.rounds + 1) + 104_729 * epoch
+                val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 0))
+                for train_batch in loader(self.train_data, self.batch_size, seed, 0):
+                    val_batch = None
+                    if strategy.bilevel:
+                        try:
+                            val_batch = next(val_iter)
+                        except StopIteration:
+                            val_iter = iter(loader(self.val_data, self.batch_size, seed + 1, 1))
+                            val_batch = next(val_iter)
+                    m = strategy.step(train_batch, val_batch)
+                    bar.update(len(train_batch[1]), loss=m["loss"], acc=m["acc"])
 
     # -- decisions ------------------------------------------------------------
     def _order(self, cell_type: str, items: List) -> List:
