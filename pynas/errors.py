@@ -26,6 +26,10 @@ class NonFiniteError(InputError):
     """A loss or α became NaN or infinite: the run stops before saving it."""
 
 
+class DiskFullError(OSError):
+    """The disk filled up while a checkpoint was written: the previous checkpoint is kept."""
+
+
 def expected_errors() -> tuple:
     """The exceptions a command reports in one line: bad input (ValueError, which
     includes InputError, JSON and Unicode errors), I/O (OSError: missing, read-only

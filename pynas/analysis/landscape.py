@@ -15,7 +15,6 @@ the weights back bit for bit afterwards.
 """
 import math
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
@@ -25,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DATASETS
-from ..io import write_json
+from ..errors import InputError
+from ..io import read_weights, write_json
 from .draw import pyplot, save_figure
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -218,9 +218,9 @@ def _load_weights(model: nn.Module, path: str) -> None:
     """Loads a raw state_dict, or the one under ``"model"`` of a checkpoint
     (``pynas train`` writes that), without any auxiliary head."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"--checkpoint {path!r}: cannot read it ({e})") from None
+        state = read_weights(path)  # weights_only, and a pynas checkpoint's checksum verified
+    except InputError as e:
+        raise InputError(f"--checkpoint: {e}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
