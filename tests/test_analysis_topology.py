@@ -370,6 +370,8 @@ def test_landscape_command_writes_plots_and_json(tmp_path, capsys):
     (["landscape", "--genotype", "DARTS_V2", "--checkpoint", "/no/such/ckpt.pt"], "--checkpoint"),
     (["landscape", "--genotype", "DARTS_V2", "--batches", "0"], "--batches"),
     (["landscape", "--genotype", "DARTS_V2", "--steps", "4"], "--steps"),
+    (["landscape", "--genotype", NB201_CELLS[0][0]], "NAS-Bench-201 cells are not supported"),
+    (["landscape", "--genotype", "DARTS_V2", "--log-every", "0"], "--log-every"),
 ])
 def test_bad_input_exits_2_naming_the_argument(argv, named, tmp_path, capsys):
     assert _run(argv + ["--out", str(tmp_path / "out")]) == 2

@@ -140,6 +140,15 @@ def small_digits(monkeypatch):
     monkeypatch.setattr(run, "search_data", small)
 
 
+TIMINGS = ("epoch_seconds", "images_per_second")
+
+
+def untimed(record: dict) -> dict:
+    """A metrics record without its wall-clock timings (which no two runs share)."""
+    assert all(isinstance(record[k], float) and record[k] > 0 for k in TIMINGS)
+    return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
 def assert_same(a, b, where="state"):
     """Bit-identical nested state: tensors, numbers, containers."""
     if isinstance(a, torch.Tensor):
@@ -178,7 +187,7 @@ def test_resumed_run_continues_with_the_full_state(tmp_path, small_digits, metho
     assert resumed.epoch == 1
     resumed.run()
     assert_same(full_state(full), full_state(resumed))
-    assert_same(full.last_record, resumed.last_record, "record")  # the last epoch's metrics, exactly
+    assert_same(untimed(full.last_record), untimed(resumed.last_record), "record")  # the last epoch's metrics, exactly
     if method == "sgas":
         assert full.last_record["decisions"]  # a decision made after the resumption
     lines = [json.loads(l) for l in open(tmp_path / "killed" / "metrics.jsonl")]
@@ -216,8 +225,8 @@ def test_ctrl_c_saves_exits_130_and_resume_on_the_command_line_continues(tmp_pat
     assert len(calls) == 5 + 3
     assert_same(load_checkpoint(str(tmp_path / "full" / "checkpoint.pt"), "search", {}),
                 load_checkpoint(str(out / "checkpoint.pt"), "search", {}), "checkpoint")
-    assert [json.loads(l) for l in open(out / "metrics.jsonl")] == \
-        [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [untimed(json.loads(l)) for l in open(out / "metrics.jsonl")] == \
+        [untimed(json.loads(l)) for l in open(tmp_path / "full" / "metrics.jsonl")]
     assert (out / "genotype.txt").read_text() == (tmp_path / "full" / "genotype.txt").read_text()
 
 
@@ -333,3 +342,20 @@ def test_a_run_is_handed_what_its_options_need_from_other_layers(tmp_path):
     with pytest.raises(ValueError, match=r"--pt \(SGAS\+PT\) needs an operation chooser"):
         SearchRun(RunConfig(method="sgas", sgas_pt=True, out=str(tmp_path / "p")), quiet=True)
     assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
+
+
+def test_off_a_terminal_a_progress_line_every_log_every_steps(tmp_path, small_digits, capsys):
+    """48 training images in batches of 16: 3 steps an epoch; --log-every 2 prints step 2 of each epoch."""
+    out = tmp_path / "logged"
+    assert main(["search", "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2", "--batch-size", "16",
+                 "--log-every", "2", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [l for l in lines if " step " in l]
+    assert [l.split(" loss ")[0] for l in progress] == ["epoch 1/2 step 2/3", "epoch 2/2 step 2/3"]
+    assert all(" img/s " in l and l.endswith(" left") for l in progress)
+    assert sum(l.startswith("epoch ") and " train loss " in l for l in lines) == 2  # the summaries, as before
+    for record in map(json.loads, open(out / "metrics.jsonl")):
+        assert record["images_per_second"] * record["epoch_seconds"] == pytest.approx(48, rel=1e-9)
+    assert main(["search", "--log-every", "0", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--log-every" in err and len(err.strip().splitlines()) == 1

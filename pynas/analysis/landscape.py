@@ -17,7 +17,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from ..data import DATASETS
 from ..errors import InputError
+from ..genotype import NB201Genotype
 from ..io import read_weights, write_json
+from ..progress import Progress, add_log_every_argument
 from .draw import pyplot, save_figure
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -83,8 +85,10 @@ def _grid(steps: int, span: float) -> torch.Tensor:
     return torch.linspace(-span, span, steps, dtype=torch.float64)
 
 
-def _sweep(model: nn.Module, steps: int, span: float, seed: int, evaluate: Callable[[nn.Module], float]) -> Surface:
-    """``evaluate(model)`` at every grid point w* + α w1 + β w2, in eval mode.
+def _sweep(model: nn.Module, steps: int, span: float, seed: int, evaluate: Callable[[nn.Module], float],
+           progress: Optional[Progress] = None, name: str = "grid", images: int = 0) -> Surface:
+    """``evaluate(model)`` at every grid point w* + α w1 + β w2, in eval mode; ``progress`` shows the
+    points (``images`` per point).
 
     Each point is set from a saved copy of w* (not by adding steps, which would
     drift), and the saved copy is put back at the end, even on an error."""
@@ -96,12 +100,14 @@ def _sweep(model: nn.Module, steps: int, span: float, seed: int, evaluate: Calla
     values = torch.empty(steps, steps, dtype=torch.float64)
     model.eval()
     try:
-        for i, a in enumerate(coords.tolist()):
-            for j, b in enumerate(coords.tolist()):
-                with torch.no_grad():
-                    for name, p in params.items():
-                        p.copy_(saved[name] + a * w1[name] + b * w2[name])
-                values[i, j] = evaluate(model)
+        with (progress or Progress(quiet=True)).epoch(f"{name} {steps}x{steps}", steps * steps) as bar:
+            for i, a in enumerate(coords.tolist()):
+                for j, b in enumerate(coords.tolist()):
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            p.copy_(saved[n] + a * w1[n] + b * w2[n])
+                    values[i, j] = evaluate(model)
+                    bar.update(images)
     finally:
         with torch.no_grad():
             for name, p in params.items():
@@ -170,17 +176,19 @@ def gradient_variance(model: nn.Module, batches: Sequence[Batch]) -> float:
 
 
 def loss_contour(model: nn.Module, batches: Sequence[Batch], steps: int = 11, span: float = 1.0,
-                 seed: int = 0) -> Surface:
+                 seed: int = 0, progress: Optional[Progress] = None) -> Surface:
     """Loss contour s(α, β) (Sec. 4.2.1) for α, β in ``linspace(-span, span, steps)``
     along the two filter-normalised directions of ``seed``."""
-    return _sweep(model, steps, span, seed, lambda m: mean_loss(m, batches))
+    return _sweep(model, steps, span, seed, lambda m: mean_loss(m, batches), progress, "loss contour",
+                  sum(len(y) for _, y in batches))
 
 
 def gradient_variance_surface(model: nn.Module, batches: Sequence[Batch], steps: int = 11, span: float = 1.0,
-                              seed: int = 0) -> Surface:
+                              seed: int = 0, progress: Optional[Progress] = None) -> Surface:
     """Gradient variance g(α, β) (Sec. 4.2.2, Figures 7 and 8) on the same grid and
     directions as :func:`loss_contour` with the same ``seed``."""
-    return _sweep(model, steps, span, seed, lambda m: gradient_variance(m, batches))
+    return _sweep(model, steps, span, seed, lambda m: gradient_variance(m, batches), progress, "gradient variance",
+                  sum(len(y) for _, y in batches))
 
 
 # -- plots --------------------------------------------------------------------------------
@@ -278,9 +286,13 @@ def _landscape_command(args) -> int:
     from .topology import load_genotype
 
     try:
+        progress = Progress(quiet=args.quiet, log_every=args.log_every)
         data, info = _probe_data(args.dataset, args.data)
         _check_arguments(args, len(data))
         genotype = load_genotype(args.genotype)
+        if isinstance(genotype, NB201Genotype):
+            raise ValueError("--genotype: the landscape is computed on a DARTS-style child network (EvalNetwork); "
+                             "NAS-Bench-201 cells are not supported")
         torch.manual_seed(args.seed)
         model = EvalNetwork(genotype, C=args.C, num_classes=info.num_classes, layers=args.layers, auxiliary=False,
                             in_channels=info.in_channels)
@@ -294,8 +306,8 @@ def _landscape_command(args) -> int:
     print(f"landscape of {weights}, C={args.C}, {args.layers} cells, {args.batches} {args.dataset} batches of "
           f"{args.batch_size}, {args.steps}x{args.steps} grid over [-{args.span:g}, {args.span:g}]")
     batches = _first_batches(data, args.batches, args.batch_size, args.seed)
-    contour = loss_contour(model, batches, args.steps, args.span, args.seed)
-    variance = gradient_variance_surface(model, batches, args.steps, args.span, args.seed)
+    contour = loss_contour(model, batches, args.steps, args.span, args.seed, progress)
+    variance = gradient_variance_surface(model, batches, args.steps, args.span, args.seed, progress)
     write_json(os.path.join(args.out, "landscape.json"), {
         "genotype": str(genotype), "checkpoint": args.checkpoint, "at_initialisation": not args.checkpoint,
         "C": args.C, "layers": args.layers, "batches": args.batches, "batch_size": args.batch_size,
@@ -329,4 +341,6 @@ def register_commands(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="directions, batch order and initialisation")
     p.add_argument("--out", default="analysis-landscape", help="folder for landscape.json and the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_log_every_argument(p)
     p.set_defaults(func=_landscape_command)
