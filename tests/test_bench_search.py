@@ -12,7 +12,8 @@ from pynas.bench.search import (METHODS, EagerSupernet, build, check_paths, make
                                  step_gradients, threads)
 from pynas.cli import main
 from pynas.nn import SearchNetwork
-from pynas.nn.ops import build_op, default_lean, lean_forms, plain_forms, recompute_depthwise
+from pynas.nn.ops import (LEAN_FORMS, build_op, default_lean, lean_forms, plain_forms, recompute_depthwise,
+                          save_memory)
 
 LEAN = dict(bn_output=True, pool_indices=True, sep_relu=True, pool_bn=True)  # on whatever the layout's default
 
@@ -99,26 +100,38 @@ def test_lean_forms_keep_fewer_activations():
             fused = saved_activations_mb(model, model, batch)
             with recompute_depthwise(True):
                 recomputed = saved_activations_mb(model, model, batch)
-        plain = saved_activations_mb(model, model, batch)  # C = 4 computes in NCHW: no lean form by default
+        plain = saved_activations_mb(model, model, batch)  # no lean form by default on CPU
     assert recomputed < fused < 0.6 * eager
     assert fused < 0.7 * plain < plain < eager  # plain forms still skip `none` and the per-op ReLUs
 
 
-def test_lean_forms_default_to_on_in_channels_last_on_cpu_and_off_in_nchw():
+def test_cpu_defaults_of_the_lean_forms_are_the_measured_ones():
+    # pynas/nn/ops.py: on CPU the forms measured free are on in channels-last, none in NCHW; a model that
+    # saves memory (save_memory) runs every form in either layout.
     x = torch.randn(2, 8, 6, 6)
-    for form in ("bn_output", "pool_indices", "sep_relu", "pool_bn"):
-        assert default_lean(form, x.contiguous(memory_format=torch.channels_last))
-        assert not default_lean(form, x)
-    assert not default_lean("depthwise", x.contiguous(memory_format=torch.channels_last))
-    with threads(1):  # the network's CPU default (C >= 8: channels-last) keeps the lean forms' activations
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert {form for form in LEAN_FORMS if default_lean(form, cl)} == {"bn_output", "pool_indices", "sep_relu"}
+    assert not any(default_lean(form, x) for form in LEAN_FORMS)
+    assert all(default_lean(form, t, memory_saving=True) for form in LEAN_FORMS for t in (x, cl))
+    with threads(1):  # the network's CPU default (C >= 8: channels-last)
         model, _ = build("darts", 8, 3)
         batch = make_batches(2, 8)[0]
-        auto = saved_activations_mb(model, model, batch)
+        default = saved_activations_mb(model, model, batch)
+        with lean_forms(**{form: False for form in LEAN_FORMS}):
+            off = saved_activations_mb(model, model, batch)
+        with lean_forms(**{form: form in ("bn_output", "pool_indices", "sep_relu") for form in LEAN_FORMS}):
+            three = saved_activations_mb(model, model, batch)
+        with lean_forms(**{form: True for form in LEAN_FORMS}):
+            every = saved_activations_mb(model, model, batch)
         model.channels_last = False
         nchw = saved_activations_mb(model, model, batch)
-        with lean_forms(**LEAN):
-            nchw_lean = saved_activations_mb(model, model, batch)
-    assert auto == pytest.approx(nchw_lean) and auto < 0.7 * nchw
+        save_memory(model)
+        nchw_saving = saved_activations_mb(model, model, batch)
+        with lean_forms(depthwise=False):  # an explicit choice still overrides the model's
+            nchw_saving_but_depthwise = saved_activations_mb(model, model, batch)
+    assert default == pytest.approx(three) and three < 0.7 * off
+    assert nchw == pytest.approx(off) and nchw_saving == pytest.approx(every) and every < 0.5 * off
+    assert every < nchw_saving_but_depthwise < three
     with pytest.raises(ValueError, match="unknown form"):
         with lean_forms(bn=True):
             pass
@@ -149,12 +162,56 @@ def test_bench_search_cli_writes_both_paths_and_ratios(tmp_path, capsys):
     for path_name in ("eager", "fused"):
         assert row[path_name]["images_per_s"] > 0 and row[path_name]["peak_mb"] > 0
     assert row["speedup"] > 0 and row["memory_ratio"] > 0 and 0 < row["activations_ratio"] < 1
+    # Timed alternating in one process: the ratio is the median of the rounds' (one round here).
+    assert result["threads"] == 1 and "alternating" in result["timing"]
+    assert row["speedup"] == pytest.approx(row["round_ratios"][0])
+    assert row["round_ratios"][0] == pytest.approx(row["eager"]["step_ms"] / row["fused"]["step_ms"])
+    out = capsys.readouterr().out
+    assert row["loader_ms"] > 0 and "data loader" in out
+    assert "fused/eager" in out and "50-epoch CIFAR-10 search at batch 2" in out
     # gdas is bi-level: 25,000 of CIFAR-10's training images per epoch at batch 2, 50 epochs
     for path_name in ("eager", "fused"):
         assert row["search_50_epochs_h"][path_name] == pytest.approx(
             50 * 12_500 * row[path_name]["step_ms"] / 3_600_000, rel=1e-12)
-    out = capsys.readouterr().out
-    assert "fused/eager" in out and "50-epoch CIFAR-10 search at batch 2" in out
+
+
+def test_loader_time_counts_the_batches_a_step_takes(monkeypatch):
+    import pynas.data
+    from pynas.bench.search import loader_ms_per_step
+
+    seen = []
+
+    def one_second_each(batches, count):
+        seen.extend(b[0].shape for b in batches)
+        return 1.0
+
+    monkeypatch.setattr(pynas.data, "seconds_per_batch", one_second_each)
+    # A bi-level step (darts) takes a training and a validation batch, a single-level one (snas) one.
+    assert loader_ms_per_step("darts", 4, 12, batches=3) == 2000.0
+    assert loader_ms_per_step("snas", 4, 12, batches=3) == 1000.0
+    assert seen == [torch.Size([4, 3, 12, 12])] * 6  # augmented batches of the benchmark's size
+
+
+def test_paths_take_turns_in_one_process_the_order_swapped_each_round(monkeypatch):
+    import pynas.bench.search as bench
+
+    order, states, original = [], [], bench.use_path
+
+    def use_path(strategy, path, *args, **kwargs):
+        order.append(path)
+        states.append(strategy.model.arch.generator.get_state())
+        return original(strategy, path, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "use_path", use_path)
+    with threads(1):
+        times = bench.time_steps("gdas", batch_size=2, C=4, layers=3, image_size=8, warmup=1, steps=2)
+    assert order == ["eager", "fused", "fused", "eager", "eager", "fused"]  # the warm-up round, then two timed
+    # Both steps of a round draw from the same generator state (the same hard samples), each round anew.
+    assert [torch.equal(states[i], states[i + 1]) for i in range(0, 6, 2)] == [True] * 3
+    assert not torch.equal(states[0], states[2]) and not torch.equal(states[2], states[4])
+    # Each round's ratio pairs the two steps of that round (eager time over fused time).
+    e, f = times["eager"]["steps_ms"], times["fused"]["steps_ms"]
+    assert len(e) == len(f) == 2 and times["round_ratios"] == pytest.approx([e[0] / f[0], e[1] / f[1]])
 
 
 def test_search_hours_count_the_images_each_method_trains_on():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pynas.bench.search import (build, check_paths, checkpointed_activations_mb, make_batches, saved_activations_mb,
                                 threads)
 from pynas.nn import SearchNetwork
-from pynas.nn.ops import build_op, lean_forms, plain_forms, recomputable, saves_recomputed
+from pynas.nn.ops import build_op, lean_forms, plain_forms, recomputable, save_memory, saves_recomputed
 
 ALL = dict(bn_output=True, pool_indices=True, sep_relu=True, depthwise=True, pool_bn=True)
 
@@ -226,7 +226,60 @@ def test_bench_search_checkpoint_cells_writes_the_checkpointed_count(tmp_path):
     (row,) = result["rows"]
     model, strategy = build("darts", 4, 3)
     model.checkpoint_cells = True
+    save_memory(model)  # checkpointed cells come with the memory-saving forms, as in `pynas search`
     with threads(1):
         expected = checkpointed_activations_mb(model, model, make_batches(2, 8)[0])["peak_mb"]
     assert row["fused"]["activations_mb"] == pytest.approx(expected)
     assert 0 < row["activations_ratio"] < 1
+
+
+def _counts(model, batch):
+    """Activations one forward of ``model`` keeps: as it is, with every lean form, and at the device's default."""
+    before = model.checkpoint_cells
+    model.checkpoint_cells = False  # one plain forward's saves (checkpointing counts otherwise)
+    try:
+        as_is = saved_activations_mb(model, model, batch)
+        with lean_forms(**ALL):
+            every = saved_activations_mb(model, model, batch)
+        save_memory(model, False)
+        default = saved_activations_mb(model, model, batch)
+    finally:
+        model.checkpoint_cells = before
+    return as_is, every, default
+
+
+@pytest.mark.parametrize("options, saving", [({}, False), (dict(memory_saving=True), True),
+                                             (dict(checkpoint_cells=True), True), (dict(max_memory="10GB"), True),
+                                             (dict(checkpoint_cells=True, memory_saving=False), False)])
+def test_memory_asked_for_turns_every_lean_form_on(options, saving):
+    # `pynas search --memory-saving`, --checkpoint-cells and --max-memory build the supernet with every lean
+    # form (RunConfig.resolved, build_search); without them the CPU default keeps more (channels-last, C = 8).
+    from types import SimpleNamespace
+
+    from pynas.search.build import build_search
+    from pynas.search.config import RunConfig
+
+    cfg = RunConfig(space="darts", method="darts", C=8, layers=3, **options).resolved()
+    assert cfg.memory_saving is saving
+    with threads(1):
+        torch.manual_seed(0)
+        model, _ = build_search(cfg, SimpleNamespace(num_classes=10, in_channels=3, image_size=8), 10)
+        as_is, every, default = _counts(model, make_batches(2, 8)[0])
+    assert every < 0.8 * default
+    assert as_is == pytest.approx(every if saving else default)
+
+
+def test_the_memory_estimate_measures_the_forms_its_run_uses():
+    # `pynas bench memory` and --max-memory probe the model that pynas.bench.memory._build makes from the
+    # run's configuration: with --max-memory (or --budget), every lean form, as the run it sizes.
+    import dataclasses
+
+    from pynas.bench.memory import _build
+    from pynas.search.config import RunConfig
+
+    info = dict(in_channels=3, num_classes=10, image_size=8)
+    for cfg, saving in [(RunConfig(C=8, layers=3, max_memory="1GB"), True), (RunConfig(C=8, layers=3), False)]:
+        with threads(1):
+            model, *_ = _build(dataclasses.asdict(cfg.resolved()), info, 2, None)
+            as_is, every, default = _counts(model, make_batches(2, 8)[0])
+        assert as_is == pytest.approx(every if saving else default) and every < default

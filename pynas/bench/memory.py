@@ -15,6 +15,10 @@ small batches, and each part is measured:
   no tensor accounts for (glibc's heap fragmentation, code paged in, oneDNN's
   buffers): on CPU that is what a budget is spent on.
 
+The operations' lean forms are the run's (``--memory-saving``, on under
+``--max-memory`` and ``--checkpoint-cells``, and here with ``--budget``), so an
+estimate and the run it sizes keep the same tensors for backward.
+
 "Workspace" is the peak's rest: the backward's gradients of activations and
 temporaries, darts-2nd's copies of the weights, on CPU the allocator's share.
 Two probe batches give each part a fixed share and a share per image (a
@@ -290,7 +294,8 @@ def batch_within_budget(cfg, info, train_size: int) -> Tuple[int, str]:
 
 # The options of `pynas search` that size its step (their names, choices and defaults are the search's).
 SIZE_OPTIONS = ("space", "s1_from", "method", "relaxation", "sample_per", "constraint", "dataset", "C", "layers",
-                "steps", "seed", "device", "amp", "channels_last", "checkpoint_cells", "partial_channels")
+                "steps", "seed", "device", "amp", "channels_last", "checkpoint_cells", "memory_saving",
+                "partial_channels")
 
 
 def add_arguments(parser):
@@ -305,7 +310,8 @@ def add_arguments(parser):
                         help="the images' height and width (default: the dataset's: digits 8, the others 32)")
     parser.add_argument("--budget", default=None, metavar="SIZE",
                         help="also the largest batch that fits SIZE (10GB, 512MiB; or a fraction of the GPU's "
-                             "memory, e.g. 0.8, with --device cuda) (default: %(default)s)")
+                             "memory, e.g. 0.8, with --device cuda), measured with the memory-saving forms, as "
+                             "`pynas search --max-memory SIZE` runs (default: %(default)s)")
     parser.add_argument("--probe-batches", type=int, nargs=2, default=list(PROBE_BATCHES), metavar=("B1", "B2"),
                         help="the two small batches measured (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -316,6 +322,8 @@ def run(args) -> int:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: getattr(args, k) for k in SIZE_OPTIONS if k in fields and hasattr(args, k)})
     budget = budget_bytes(args.budget, "--budget", cfg.device) if args.budget is not None else None
+    if budget is not None and cfg.memory_saving is None:
+        cfg.memory_saving = True  # what `pynas search --max-memory` runs, whose batch --budget predicts
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be at least 1, got {args.image_size}")
     if args.threads:
@@ -328,6 +336,7 @@ def run(args) -> int:
           f"{info.image_size}x{info.image_size}x{info.in_channels} images, {info.num_classes} classes"
           + (", bf16 autocast" if cfg.amp == "bf16" else "") + (", channels-last" if cfg.channels_last else "")
           + (", cells checkpointed" if getattr(cfg, "checkpoint_cells", False) else "")
+          + (", memory-saving forms" if cfg.resolved().memory_saving else "")
           + (f", {torch.get_num_threads()} threads" if torch.device(cfg.device).type == "cpu" else ""))
     print(format_estimate(est, budget), flush=True)
     if args.json:

@@ -13,16 +13,27 @@ modules and parameters:
   Python sum of edges, plain PyTorch operations, Gumbel noise ``-log(-log U)``
   drawn in Python.
 
-Reported per method and path: images per second (training images per step over
-the median step time, after warm-up) and peak memory (CUDA max allocated; on
-CPU the peak RSS, VmHWM, of a separate process per method and path, since it
-never goes down, which also times that path's steps), the activations one forward keeps for
-backward (the same on any device), and the ratios fused/eager. Before timing,
-the two paths are checked to give the same loss, gradients and BatchNorm
-statistics on a small network.
+Timing: both paths over one model in one process, taking turns step by step,
+the order swapped every round (eager, fused; fused, eager; ...), so drift on a
+shared machine favours neither; on CPU glibc's free memory is handed back to the
+system after every step (``malloc_trim``: with both paths' allocations in one
+heap, a batch-64 run once passed 24 GB of RSS without it). Reported per method
+and path: the median step time after warm-up and images per second, and the
+ratio fused/eager as the median of each round's ratio (``round_ratios``); peak
+memory (CUDA max allocated; on CPU the peak RSS, VmHWM, of a separate process
+per method and path, since it never goes down); the activations one forward
+keeps for backward (the same on any device); and what the data loader takes
+per step (``loader_ms``: DARTS' augmentation of synthetic images of the
+benchmark's size, in this process, two batches for a bi-level step). Both
+steps of a round draw the same Gumbel samples (under hard samples, the same
+operations). Before
+timing, the two paths are checked to give the same loss, gradients and
+BatchNorm statistics on a small network.
 """
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import datetime
 import json
 import math
@@ -39,7 +50,7 @@ import torch.nn.functional as F
 
 from .ops import device_name
 from ..io import write_json
-from ..nn.ops import plain_forms, recompute_depthwise
+from ..nn.ops import plain_forms, recompute_depthwise, save_memory
 
 METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
 PATHS = ("eager", "fused")
@@ -48,7 +59,7 @@ PATHS = ("eager", "fused")
 LAYOUTS = ("auto", "nchw", "channels-last")
 # DARTS' CIFAR-10 search (batch 64, C = 16, 8 cells, 32x32), and a CPU-sized one.
 FULL = dict(batch_size=64, C=16, layers=8, image_size=32, warmup=2, steps=5)
-QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=3)
+QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=5)
 # The equality check: small, in float64.
 CHECK = dict(batch_size=2, C=4, layers=3, image_size=8)
 # What a measured step time implies for a whole search: CIFAR-10's 50,000 training images, half of them
@@ -218,13 +229,15 @@ class _DepthwiseRecomputed:
 
 
 def use_path(strategy, path: str, noise: Optional[Noise] = None, recompute_depthwise: bool = False,
-             checkpoint_cells: bool = False) -> None:
+             checkpoint_cells: bool = False, memory_saving: bool = False) -> None:
     """Makes ``strategy`` compute its supernet along ``path`` (``fused``, with the
-    depthwise outputs recomputed in backward and each cell checkpointed if asked,
-    or ``eager``)."""
+    depthwise outputs recomputed in backward, the memory-saving forms and each cell
+    checkpointed if asked, or ``eager``). As in ``pynas search``, checkpointed cells
+    come with the memory-saving forms (:func:`pynas.nn.ops.save_memory`)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     strategy.model.checkpoint_cells = path == "fused" and checkpoint_cells
+    save_memory(strategy.model, path == "fused" and (memory_saving or checkpoint_cells))
     if path == "eager":
         strategy.forward = EagerSupernet(strategy.model, noise)
     else:
@@ -241,13 +254,14 @@ def _sync(device):
 
 def step_gradients(method: str, path: str, C: int, layers: int, image_size: int, batch_size: int,
                    dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False,
-                   checkpoint_cells: bool = False, device="cpu") -> Dict[str, list]:
+                   checkpoint_cells: bool = False, memory_saving: bool = False, device="cpu") -> Dict[str, list]:
     """The loss of one search step along ``path`` on ``device``, the gradients it
     leaves (``weights``, ``alpha``; the optimisers do not step) and the model's
     ``buffers`` after it (BatchNorm statistics). The eager path draws the fused
     kernel's Gumbel noise, so both see the same samples."""
     model, strategy = build(method, C, layers, device=device, dtype=dtype, seed=seed)
-    use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise, checkpoint_cells)
+    use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise, checkpoint_cells,
+             memory_saving)
     strategy.w_opt.step = lambda *a, **k: None
     if strategy.a_opt is not None:
         strategy.a_opt.step = lambda *a, **k: None
@@ -271,7 +285,8 @@ def threads(n: int):
 
 
 def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_depthwise: bool = False,
-                checkpoint_cells: bool = False, device="cpu", **size) -> Dict[str, float]:
+                checkpoint_cells: bool = False, memory_saving: bool = False, device="cpu",
+                **size) -> Dict[str, float]:
     """Asserts that both paths give the same loss, gradients and BatchNorm
     statistics for ``method`` (float64, a small network, on ``device``); returns
     the largest difference of each."""
@@ -279,7 +294,7 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
     with threads(1):
         eager = step_gradients(method, "eager", **size)
         fused = step_gradients(method, "fused", recompute_depthwise=recompute_depthwise,
-                               checkpoint_cells=checkpoint_cells, **size)
+                               checkpoint_cells=checkpoint_cells, memory_saving=memory_saving, **size)
     diffs = {}
     for key in eager:
         for i, (a, b) in enumerate(zip(fused[key], eager[key])):
@@ -292,28 +307,76 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
 # -- time and memory ---------------------------------------------------------------
 
 
+def _trim_heap():
+    """Hands glibc's free heap memory back to the system (``malloc_trim``; a no-op
+    without glibc). Between the two paths' steps in one process: their different
+    allocations otherwise fragment the heap (at batch 64 its RSS once passed 24 GB)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
                device="cpu", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
-               checkpoint_cells: bool = False) -> Dict[str, dict]:
-    """Seconds per search step of both paths over one model, the paths taking
-    turns step by step (so drift on a shared machine favours neither)."""
+               checkpoint_cells: bool = False, memory_saving: bool = False) -> Dict[str, dict]:
+    """Seconds per search step of both paths over one model in this process: in
+    each round both paths take a step, the order swapped every round (so drift on
+    a shared machine favours neither), on CPU with the heap trimmed after each
+    step. Per path the median and every step after ``warmup`` rounds, in wall
+    time and (``cpu_*``) in this process's CPU time, which other jobs on a shared
+    machine disturb less; ``round_ratios`` and ``cpu_round_ratios``, each round's
+    eager time over its fused time (fused/eager in images per second). Both steps
+    of a round draw the same Gumbel samples (the eager path the fused kernel's
+    noise, from the same generator state), so under hard samples (gdas) they run
+    the same operations."""
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
+    cpu = torch.device(device).type == "cpu"
+    generator = model.arch.generator
     times = {p: [] for p in PATHS}
+    cpu_times = {p: [] for p in PATHS}
     for i in range(warmup + steps):
-        for path in PATHS:
-            use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
+        state = generator.get_state() if generator is not None else None
+        for path in PATHS if i % 2 == 0 else PATHS[::-1]:
+            if state is not None:
+                generator.set_state(state)
+            use_path(strategy, path, fused_gumbel(generator), recompute_depthwise=recompute_depthwise,
+                     checkpoint_cells=checkpoint_cells, memory_saving=memory_saving)
+            if cpu:
+                _trim_heap()
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             strategy.step(train, val)
             _sync(device)
             if i >= warmup:
                 times[path].append(time.perf_counter() - start)
+                cpu_times[path].append(time.process_time() - cpu_start)
     out = {}
     for path, ts in times.items():
         median = statistics.median(ts)
-        out[path] = dict(step_ms=1e3 * median, images_per_s=batch_size / median, steps_ms=[1e3 * t for t in ts])
+        out[path] = dict(step_ms=1e3 * median, images_per_s=batch_size / median, steps_ms=[1e3 * t for t in ts],
+                         cpu_step_ms=1e3 * statistics.median(cpu_times[path]),
+                         cpu_steps_ms=[1e3 * t for t in cpu_times[path]])
+    out["round_ratios"] = [e / f for e, f in zip(times["eager"], times["fused"])]
+    out["cpu_round_ratios"] = [e / f for e, f in zip(cpu_times["eager"], cpu_times["fused"])]
     return out
+
+
+def loader_ms_per_step(method: str, batch_size: int, image_size: int, batches: int = 8, seed: int = 0) -> float:
+    """Milliseconds the data loader takes per search step of ``method`` in this
+    process (``pynas.data.loader``, no workers: the CPU default): DARTS'
+    augmentation (pad, crop, flip) of random uint8 images of the benchmark's size,
+    two batches for a bi-level step (``pynas.data.seconds_per_batch``)."""
+    from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageDataset, loader, seconds_per_batch
+    from ..search.strategies import METHODS as STRATEGIES
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size * batches, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (batch_size * batches,), generator=g)
+    data = ImageDataset(images, labels, CIFAR10_MEAN, CIFAR10_STD, train=True)
+    per_step = 2 if STRATEGIES[method][0].bilevel else 1
+    return 1e3 * per_step * seconds_per_batch(loader(data, batch_size, seed, 0), batches)
 
 
 def _saved_storages(model, forward, x, cells: bool = False, hold: Optional[list] = None):
@@ -400,10 +463,11 @@ def checkpointed_activations_mb(model, forward, batch) -> Dict[str, float]:
 
 def activations_mb(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int, device="cpu",
                    seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
-                   checkpoint_cells: bool = False) -> float:
+                   checkpoint_cells: bool = False, memory_saving: bool = False) -> float:
     """:func:`saved_activations_mb` of one forward along ``path``."""
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells,
+             memory_saving=memory_saving)
     return saved_activations_mb(model, strategy.forward, make_batches(batch_size, image_size, device, seed=seed)[0])
 
 
@@ -419,7 +483,7 @@ def _proc_status_mb(field: str) -> float:
 def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                    steps: int = 2, device="cpu", seed: int = 0, threads: Optional[int] = None,
                    recompute_depthwise: bool = False, layout: str = "auto", warmup: int = 0,
-                   checkpoint_cells: bool = False) -> dict:
+                   checkpoint_cells: bool = False, memory_saving: bool = False) -> dict:
     """Peak memory of ``steps`` search steps along ``path``, in MB: CUDA max
     allocated, or on CPU the peak RSS of this process (call it in a fresh one:
     see :func:`memory_in_subprocess`); ``baseline_mb`` after the model, its
@@ -429,7 +493,8 @@ def measure_memory(method: str, path: str, batch_size: int, C: int, layers: int,
         torch.set_num_threads(threads)
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells,
+             memory_saving=memory_saving)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -477,7 +542,7 @@ def in_fresh_process(module: str, function: str, kwargs: dict, what: str) -> dic
 
 def time_graphed(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
                  device="cuda", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
-                 checkpoint_cells: bool = False, capture=None) -> dict:
+                 checkpoint_cells: bool = False, memory_saving: bool = False, capture=None) -> dict:
     """The fused path with each step replayed from a CUDA graph (``--cuda-graphs``,
     :class:`~pynas.search.cuda_graphs.GraphedStep`): seconds per step after the
     graph's eager warm-up steps, its capture and ``warmup`` replays, and the peak
@@ -490,7 +555,7 @@ def time_graphed(method: str, batch_size: int, C: int, layers: int, image_size: 
         check_cuda_graphs(method, torch.device(device).type, checkpoint_cells=checkpoint_cells)
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
-    use_path(strategy, "fused", recompute_depthwise=recompute_depthwise)
+    use_path(strategy, "fused", recompute_depthwise=recompute_depthwise, memory_saving=memory_saving)
     graphed = GraphedStep(strategy, **({} if capture is None else {"capture": capture}))
     if cuda:
         torch.cuda.synchronize()
@@ -515,14 +580,15 @@ def time_graphed(method: str, batch_size: int, C: int, layers: int, image_size: 
 
 def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, image_size: int,
                  device="cpu", row_limit: int = 15, seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
-                 checkpoint_cells: bool = False) -> str:
+                 checkpoint_cells: bool = False, memory_saving: bool = False) -> str:
     """torch.profiler tables of one search step after a warm-up step: the top
     operators by self time and by the memory they allocate themselves."""
     from torch.profiler import ProfilerActivity, profile
 
     model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
     train, val = make_batches(batch_size, image_size, device, seed=seed)
-    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
+    use_path(strategy, path, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells,
+             memory_saving=memory_saving)
     strategy.step(train, val)
     cuda = torch.device(device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -540,7 +606,8 @@ def profile_step(method: str, path: str, batch_size: int, C: int, layers: int, i
 
 
 def run_device(device: str, methods: List[str], size: dict, recompute_depthwise: bool = False, log=print,
-               layout: str = "auto", checkpoint_cells: bool = False, cuda_graphs: bool = False) -> dict:
+               layout: str = "auto", checkpoint_cells: bool = False, memory_saving: bool = False,
+               cuda_graphs: bool = False) -> dict:
     """Both paths of every method checked equal, then measured; with
     ``cuda_graphs`` (CUDA), the fused path of each method that can replay its step
     from a graph is timed that way too (``row["fused_graphs"]``)."""
@@ -552,39 +619,37 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         raise ValueError("--cuda-graphs and --checkpoint-cells: use one (checkpointing restores the RNG state "
                          "from the host in every step)")
     opts = dict({k: size[k] for k in ("batch_size", "C", "layers", "image_size")},
-                recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells)
+                recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells,
+                memory_saving=memory_saving)
     checks = {}
     for method in methods:
-        checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells)
+        checks[method] = check_paths(method, recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells,
+                                     memory_saving=memory_saving)
         log(f"{method}: eager and fused give the same loss, gradients and BatchNorm statistics")
-    # On CPU each (method, path) is timed in the fresh process that measures its
-    # memory: with both paths in one process glibc's heap fragmented past 24 GB
-    # at batch 64. On CUDA (a caching allocator) the paths take turns step by step.
-    memory, cpu_times = {}, {}
+    # Memory per (method, path): on CPU in a fresh process each (VmHWM never goes down); two steps, as
+    # `pynas bench memory` probes. Time: both paths alternating in one process (time_steps).
+    memory = {}
     for method in methods:
         for path in PATHS:
             if device == "cpu":
-                measured = memory_in_subprocess(method, path, steps=size["warmup"] + size["steps"],
-                                                warmup=size["warmup"], **opts)
-                median = statistics.median(measured["steps_ms"]) / 1e3
-                cpu_times[method, path] = dict(step_ms=1e3 * median, images_per_s=size["batch_size"] / median,
-                                               steps_ms=measured.pop("steps_ms"))
-                memory[method, path] = measured
+                memory[method, path] = memory_in_subprocess(method, path, steps=2, **opts)
             else:
                 memory[method, path] = measure_memory(method, path, device=device, **opts)
-                memory[method, path].pop("steps_ms")
+            memory[method, path].pop("steps_ms")
             memory[method, path]["activations_mb"] = activations_mb(method, path, device=device, **opts)
             log(f"{method} / {path}: peak {memory[method, path]['peak_mb']:.0f} MB")
     rows = []
     for method in methods:
-        times = ({p: cpu_times[method, p] for p in PATHS} if device == "cpu" else
-                 time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts))
-        row = dict(method=method)
+        times = time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts)
+        row = dict(method=method, round_ratios=times.pop("round_ratios"),
+                   cpu_round_ratios=times.pop("cpu_round_ratios"))
         for path in PATHS:
             row[path] = {**times[path], **memory[method, path]}
         e, f = row["eager"], row["fused"]
+        row["loader_ms"] = loader_ms_per_step(method, size["batch_size"], size["image_size"])
         row["search_50_epochs_h"] = {p: search_hours(method, size["batch_size"], row[p]["step_ms"]) for p in PATHS}
-        row.update(speedup=f["images_per_s"] / e["images_per_s"], memory_ratio=f["peak_mb"] / e["peak_mb"],
+        row.update(speedup=statistics.median(row["round_ratios"]),
+                   cpu_speedup=statistics.median(row["cpu_round_ratios"]), memory_ratio=f["peak_mb"] / e["peak_mb"],
                    increase_ratio=f["increase_mb"] / e["increase_mb"],
                    activations_ratio=f["activations_mb"] / e["activations_mb"])
         if cuda_graphs and method in GRAPH_METHODS:
@@ -599,13 +664,14 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         log(f"{method}: eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms per step")
     result = dict(benchmark="search", device=device, device_name=device_name(device), threads=torch.get_num_threads(),
                   size=size, recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells,
+                  memory_saving=memory_saving,
                   cuda_graphs=cuda_graphs,
                   activations=("saved storages of one forward" if not checkpoint_cells else
                                "saved storages; fused: the checkpointed forward's plus one cell's recomputation, "
                                "the largest (bench_search.checkpointed_activations_mb)"),
                   memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
-                  timing=("paths alternating step by step in one process" if device == "cuda"
-                          else "each path in its own process (the one measuring its memory)"),
+                  timing="paths alternating step by step in one process, the order swapped every round"
+                         + ("; heap trimmed after each step" if device == "cpu" else ""),
                   check=checks, rows=rows)
     by_method = {r["method"]: r for r in rows}
     if "darts" in by_method and "gdas" in by_method:
@@ -622,6 +688,7 @@ def format_table(result: dict) -> str:
             f"{s['image_size']}x{s['image_size']}; median of {s['steps']} steps after {s['warmup']}; "
             f"memory: {result['memory']}" + (f"; timing: {result['timing']}" if result.get("timing") else "") + ("; fused: depthwise recomputed" if result.get("recompute_depthwise") else "")
             + ("; fused: cells checkpointed (act. MB: forward + one cell's recomputation)" if result.get("checkpoint_cells") else "")
+            + ("; fused: memory-saving forms" if result.get("memory_saving") else "")
             + (f"; layout: {result['layout']} (both paths)" if result.get("layout", "auto") != "auto" else ""))
     cols = [("img/s", "images_per_s", ".2f", "speedup"), ("peak MB", "peak_mb", ".0f", "memory_ratio"),
             ("+MB", "increase_mb", ".0f", "increase_ratio"), ("act. MB", "activations_mb", ".0f", "activations_ratio")]
@@ -635,6 +702,15 @@ def format_table(result: dict) -> str:
             g = r["fused_graphs"]
             lines.append(f"{r['method']}: fused + CUDA graphs {g['images_per_s']:.2f} img/s ({r['graphs_speedup']:.2f}x eager, "
                          f"{r['graphs_vs_fused']:.2f}x fused), peak {g['peak_mb']:.0f} MB ({r['graphs_memory_ratio']:.2f}x eager)")
+    for r in result["rows"]:
+        if "round_ratios" in r:  # results before the alternating CPU timing have none
+            e, f = r["eager"], r["fused"]
+            rounds = " ".join(f"{x:.2f}x" for x in r["round_ratios"])
+            cpu_rounds = " ".join(f"{x:.2f}x" for x in r["cpu_round_ratios"])
+            lines.append(f"{r['method']}: step eager {e['step_ms']:.0f} ms, fused {f['step_ms']:.0f} ms (medians), "
+                         f"fused/eager per round {rounds}; process CPU time eager {e['cpu_step_ms']:.0f} ms, fused "
+                         f"{f['cpu_step_ms']:.0f} ms, per round {cpu_rounds} (median {r['cpu_speedup']:.2f}x); "
+                         f"data loader {r['loader_ms']:.1f} ms per step")
     for r in result["rows"]:
         hours = ", ".join(f"{path} {h:.1f} h" for path, h in r["search_50_epochs_h"].items())
         lines.append(f"{r['method']}: a 50-epoch CIFAR-10 search at batch {s['batch_size']} and these step times "
@@ -656,6 +732,9 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint-cells", action="store_true",
                         help="fused path: each cell checkpointed (SearchNetwork.checkpoint_cells); act. MB is then the "
                              "checkpointed forward's saves plus the largest cell's recomputation")
+    parser.add_argument("--memory-saving", action="store_true",
+                        help="fused path: the lean forms that trade time for memory on, as `pynas search "
+                             "--memory-saving` (pynas.nn.ops.save_memory; also implied by --checkpoint-cells)")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto",
                         help="memory layout of both paths (auto: fused channels-last on CPU, eager NCHW)")
     parser.add_argument("--cuda-graphs", action="store_true",
@@ -685,7 +764,8 @@ def run(args):
         for method in args.methods:
             for path in PATHS:
                 print(profile_step(method, path, device=device, recompute_depthwise=args.recompute_depthwise,
-                                   layout=args.layout, checkpoint_cells=args.checkpoint_cells, **shape),
+                                   layout=args.layout, checkpoint_cells=args.checkpoint_cells,
+                                   memory_saving=args.memory_saving, **shape),
                       flush=True)
         return 0
     # No keep_freed_memory() here (the ops benchmark's): glibc's default, as users
@@ -693,13 +773,15 @@ def run(args):
     stamp = datetime.datetime.now(datetime.timezone.utc)
     result = run_device(device, args.methods, size, args.recompute_depthwise,
                         log=lambda m: print(m, file=sys.stderr, flush=True), layout=args.layout,
-                        checkpoint_cells=args.checkpoint_cells, cuda_graphs=args.cuda_graphs)
+                        checkpoint_cells=args.checkpoint_cells, memory_saving=args.memory_saving,
+                        cuda_graphs=args.cuda_graphs)
     result.update(torch=torch.__version__, pynas=pynas.__version__, date=stamp.isoformat(timespec="seconds"),
                   quick=args.quick)
     print(format_table(result), flush=True)
     if args.out:
         name = (f"search-{device}{'-quick' if args.quick else ''}{'-recompute' if args.recompute_depthwise else ''}"
-                f"{'-checkpoint' if args.checkpoint_cells else ''}{'-graphs' if args.cuda_graphs else ''}"
+                f"{'-checkpoint' if args.checkpoint_cells else ''}{'-memory-saving' if args.memory_saving else ''}"
+                f"{'-graphs' if args.cuda_graphs else ''}"
                 f"{'' if args.layout == 'auto' else '-' + args.layout}"
                 f"-{stamp:%Y%m%d}.json")
         path = os.path.join(args.out, name)

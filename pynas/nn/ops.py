@@ -11,8 +11,9 @@ of them (the same math with one activation in memory instead of several).
 
 In training, the operations keep fewer tensors for backward than their plain
 PyTorch forms, with the same math (see "Lean training forms" below), each form a
-choice of :func:`lean_forms` with a default per device and layout;
-:func:`plain_forms` switches them all off (the eager reference of ``pynas bench search``).
+choice of :func:`lean_forms` with a default per device and layout, all on in a
+model that saves memory (:func:`save_memory`); :func:`plain_forms` switches them
+all off (the eager reference of ``pynas bench search``).
 On CPU the networks compute in channels-last (:mod:`pynas.nn.layout`).
 """
 import contextlib
@@ -62,19 +63,30 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 # with the hooks below them (torch.utils.checkpoint's, a counter's).
 #
 # Each trade is a choice (lean_forms): True, False, or None for the default of
-# the device and layout the operation runs in (default_lean):
-# - CPU, channels-last (the networks' CPU default): every form but `depthwise`.
-#   `pool_bn` adds one average pool and two BatchNorm forwards per edge in
-#   backward (~2-3 % of an edge's time; the step measured +0.4 % at batch 16 and
-#   +3.8 % at batch 64, within the noise of the shared machine) for 12 % fewer
-#   activations; `depthwise` adds six depthwise convolutions per edge (+3.6 % at
-#   batch 16, +4.3 % at batch 64, benchmarks/README.md), so on CPU it stays a
-#   switch for when memory limits the batch: the CPU default keeps 0.45x eager's
-#   activations, 0.27x with it.
-# - CPU, NCHW: none. There the recomputations made the fused step slower than
-#   eager in NCHW (0.81x: oneDNN's NCHW pools and depthwise convs are slow, so
-#   doing them again in backward costs more than the fused sums save); the plain
-#   forms run what eager runs minus `none`, the per-op ReLUs and the Python sums.
+# the device and layout the operation runs in and of its model (default_lean):
+# - CPU, channels-last (the networks' CPU default): `bn_output`, `pool_indices`
+#   and `sep_relu`, 0.51x eager's activations. On a CPU the convolutions dominate
+#   the step, so the fused sums save a few per cent at most and a recomputation
+#   costs about that much. Measured for darts at batch 16 on one thread, each
+#   setting taking turns step by step with the others in one process
+#   (benchmarks/lean_forms_cpu.py; benchmarks/README.md, "Lean forms on CPU"):
+#   these three together ran at 1.05x the speed of the step without any form
+#   and 1.10x eager's (medians of eight rounds' ratios, which spread 0.87-1.48x),
+#   `bn_output` and `pool_indices` alone at 0.99x and 0.98x the form-free step,
+#   `sep_relu` 0.89x (five rounds, 0.85-1.25x): none measurably slower. `pool_bn`
+#   (0.88x, 0.70-1.03x) and `depthwise` (0.87x, 0.81-1.00x) were the slowest, and
+#   the former default, every form but `depthwise`, made the fused step slower
+#   than eager (0.90x): both off.
+# - CPU, NCHW: none. There each recomputation cost more than the fused sums
+#   save (oneDNN's NCHW pools are slow: `pool_indices` 0.65-0.87x the form-free
+#   step, `sep_relu` 0.70-0.91x, `bn_output` 0.83-1.00x, three rounds); the
+#   plain forms run what eager runs minus `none`, the per-op ReLUs and the Python
+#   sums (0.84x eager's activations).
+# - A model that saves memory (save_memory: `pynas search --memory-saving`, also
+#   `--checkpoint-cells` and `--max-memory`, and what `pynas bench memory` then
+#   measures): every form, on any device and layout: 0.27x eager's activations
+#   for the whole DARTS supernet, at ~10 % of the CPU step (0.90x the form-free
+#   step in channels-last).
 # - CUDA (networks stay NCHW): every form, `depthwise` included: a depthwise conv
 #   is memory-bound on a GPU (a few FLOPs per byte), so computing it again costs
 #   about what reading its kept output would, while GPU memory is what limits the
@@ -83,6 +95,7 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 #   switches it off).
 
 LEAN_FORMS = ("bn_output", "pool_indices", "sep_relu", "depthwise", "pool_bn")
+CPU_CHANNELS_LAST_FORMS = ("bn_output", "pool_indices", "sep_relu")  # the CPU default in channels-last
 _PLAIN = False
 _CHOICES: Dict[str, Optional[bool]] = {form: None for form in LEAN_FORMS}
 
@@ -116,18 +129,31 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.size(1) > 1 and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def default_lean(form: str, x: torch.Tensor) -> bool:
-    """Whether ``form`` is on by default for input ``x`` (see the comment above)."""
-    if x.device.type == "cpu":
-        return form != "depthwise" and _channels_last(x)
-    return True
+def default_lean(form: str, x: torch.Tensor, memory_saving: bool = False) -> bool:
+    """Whether ``form`` is on by default for input ``x``, in an operation whose
+    model saves memory (:func:`save_memory`) or not (see the comment above)."""
+    if x.device.type != "cpu" or memory_saving:
+        return True
+    return _channels_last(x) and form in CPU_CHANNELS_LAST_FORMS
+
+
+def save_memory(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Makes every lean form the default of ``model``'s operations (``enabled``),
+    or the device's default again: what ``pynas search --memory-saving`` (also
+    ``--checkpoint-cells``, ``--max-memory``) runs. The choice stays with the
+    modules, so a checkpointed cell's recomputation in backward makes the same one.
+    :func:`lean_forms` choices still override it. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, _FORM_MODULES):
+            module.memory_saving = bool(enabled)
+    return model
 
 
 def _use(form: str, module: nn.Module, x: torch.Tensor) -> bool:
     if not _lean(module, x):
         return False
     choice = _CHOICES[form]
-    return default_lean(form, x) if choice is None else choice
+    return default_lean(form, x, getattr(module, "memory_saving", False)) if choice is None else choice
 
 
 @contextlib.contextmanager
@@ -611,6 +637,10 @@ class PoolBN(nn.Sequential):
         memo = {}
         y = _PoolBNRecomputed.apply(x, pool, memo, running_mean, running_var, momentum, bn.eps)
         return recomputable(y, functools.partial(_pool_bn_output, pool, bn.eps, memo), [x])
+
+
+# The modules whose forward chooses a lean form (what save_memory marks).
+_FORM_MODULES = (BatchNorm2d, MaxPool2d, DepthwiseSeparable, SepConv, PoolBN)
 
 
 def _lean_pool(pool: nn.Module) -> bool:

@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..genotype import derive_genotype, derive_nb201
 from ..io import load_checkpoint, load_state, parameter_shapes
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
+from ..nn.ops import save_memory
 from .config import RunConfig, read_run_config
 from .cost import ResourceConstraint
 from .strategies import METHODS, SearchConfig
@@ -64,6 +65,7 @@ def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
     if cfg.compile:
         strategy.forward = torch.compile(model)
     model.checkpoint_cells = cfg.checkpoint_cells  # SearchNetwork's per-cell activation checkpointing
+    save_memory(model, bool(cfg.memory_saving))  # with checkpoint_cells and max_memory too (RunConfig.resolved)
     return model, strategy
 
 

@@ -83,6 +83,9 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     checkpoint_cells: bool = False  # per-cell activation checkpointing (SearchNetwork.checkpoint_cells)
+    # Every lean form of the operations on (pynas.nn.ops.save_memory: on CPU slower, fewer activations);
+    # None: on where memory is asked for, with checkpoint_cells or max_memory.
+    memory_saving: Optional[bool] = None
     cuda_graphs: bool = False  # the soft step replayed from a CUDA graph (pynas.search.cuda_graphs)
     overlap_reduction: Optional[bool] = None  # data parallel: weights' gradients averaged during backward (None: on CUDA)
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
@@ -129,6 +132,8 @@ class RunConfig:
             out.a_weight_decay = 0.0 if relaxation == "sigmoid" else 1e-3
         if out.a_init is None:
             out.a_init = str(arch_kwargs.get("init", -math.log(7) if relaxation == "sigmoid" else "normal"))
+        if out.memory_saving is None:
+            out.memory_saving = self.checkpoint_cells or self.max_memory is not None
         schedule = DEFAULT_SCHEDULES.get(relaxation)
         if schedule is not None:
             out.tau_start = schedule.start if out.tau_start is None else out.tau_start
@@ -222,6 +227,8 @@ class RunConfig:
             raise ValueError("--checkpoint-cells needs a DARTS-style space (not nb201) and runs without --compile, "
                              "--log-grad-correlation and --log-prob-grad (they observe a cell's forward, which "
                              "checkpointing runs twice)")
+        if self.memory_saving is not None and not isinstance(self.memory_saving, bool):
+            raise ValueError(f"--memory-saving must be true or false, got {self.memory_saving!r}")
         if self.cuda_graphs:
             check_cuda_graphs(self.method, self.device, relaxation=self.relaxation, compile=self.compile,
                               checkpoint_cells=self.checkpoint_cells, tau_schedule=self.tau_schedule)
@@ -392,6 +399,10 @@ def add_search_arguments(parser):
                    help="per-cell activation checkpointing: each cell is computed again in backward (about one "
                         "cell's activations kept instead of all; time reported by pynas bench search) "
                         "(default: %(default)s)")
+    g.add_argument("--memory-saving", action="store_true", default=None,
+                   help="every memory-for-time form of the operations on (pynas.nn.ops.save_memory): on CPU "
+                        "fewer activations kept for backward at a slower step (CUDA runs them all anyway); "
+                        "implied by --checkpoint-cells and --max-memory (default: off)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
                         "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
