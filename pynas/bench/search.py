@@ -307,7 +307,7 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
 # -- time and memory ---------------------------------------------------------------
 
 
-def _trim_heap():
+def trim_heap():
     """Hands glibc's free heap memory back to the system (``malloc_trim``; a no-op
     without glibc). Between the two paths' steps in one process: their different
     allocations otherwise fragment the heap (at batch 64 its RSS once passed 24 GB)."""
@@ -344,7 +344,7 @@ def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: in
             use_path(strategy, path, fused_gumbel(generator), recompute_depthwise=recompute_depthwise,
                      checkpoint_cells=checkpoint_cells, memory_saving=memory_saving)
             if cpu:
-                _trim_heap()
+                trim_heap()
             _sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             strategy.step(train, val)

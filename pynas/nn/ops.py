@@ -64,19 +64,20 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 #
 # Each trade is a choice (lean_forms): True, False, or None for the default of
 # the device and layout the operation runs in and of its model (default_lean):
-# - CPU, channels-last (the networks' CPU default): `bn_output`, `pool_indices`
-#   and `sep_relu`, 0.51x eager's activations. On a CPU the convolutions dominate
+# - CPU, channels-last (the networks' CPU default): `bn_output` and
+#   `pool_indices`, 0.58x eager's activations. On a CPU the convolutions dominate
 #   the step, so the fused sums save a few per cent at most and a recomputation
-#   costs about that much. Measured for darts at batch 16 on one thread, each
-#   setting taking turns step by step with the others in one process
-#   (benchmarks/lean_forms_cpu.py; benchmarks/README.md, "Lean forms on CPU"):
-#   these three together ran at 1.05x the speed of the step without any form
-#   and 1.10x eager's (medians of eight rounds' ratios, which spread 0.87-1.48x),
-#   `bn_output` and `pool_indices` alone at 0.99x and 0.98x the form-free step,
-#   `sep_relu` 0.89x (five rounds, 0.85-1.25x): none measurably slower. `pool_bn`
-#   (0.88x, 0.70-1.03x) and `depthwise` (0.87x, 0.81-1.00x) were the slowest, and
-#   the former default, every form but `depthwise`, made the fused step slower
-#   than eager (0.90x): both off.
+#   costs about that much. Measured on one thread at batch 16, each setting
+#   taking turns step by step with the others in one process, each round's steps
+#   drawing the same samples (benchmarks/lean_forms_cpu.py; benchmarks/README.md,
+#   "Lean forms on CPU"), as the median of the rounds' speed ratios to the step
+#   without any form: `bn_output` 0.99x (darts, 5 rounds; gdas, 16 rounds: 0.99x)
+#   and `pool_indices` 0.98x (gdas 0.98x), and the two together 0.99x (darts,
+#   8 rounds), within rounds that spread ±20 %: on. `bn_output` recomputes
+#   nothing, `pool_indices` one max pool per op. Off: `sep_relu` (0.89x darts,
+#   0.91x gdas, below 0.95x in 11 of 16 gdas rounds), `pool_bn` (0.88x) and
+#   `depthwise` (0.87x); the former default, every form but `depthwise`, made
+#   the fused darts step slower than eager (0.90x).
 # - CPU, NCHW: none. There each recomputation cost more than the fused sums
 #   save (oneDNN's NCHW pools are slow: `pool_indices` 0.65-0.87x the form-free
 #   step, `sep_relu` 0.70-0.91x, `bn_output` 0.83-1.00x, three rounds); the
@@ -95,7 +96,7 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 #   switches it off).
 
 LEAN_FORMS = ("bn_output", "pool_indices", "sep_relu", "depthwise", "pool_bn")
-CPU_CHANNELS_LAST_FORMS = ("bn_output", "pool_indices", "sep_relu")  # the CPU default in channels-last
+CPU_CHANNELS_LAST_FORMS = ("bn_output", "pool_indices")  # the CPU default in channels-last
 _PLAIN = False
 _CHOICES: Dict[str, Optional[bool]] = {form: None for form in LEAN_FORMS}
 
