@@ -399,10 +399,10 @@ def add_search_arguments(parser):
                    help="per-cell activation checkpointing: each cell is computed again in backward (about one "
                         "cell's activations kept instead of all; time reported by pynas bench search) "
                         "(default: %(default)s)")
-    g.add_argument("--memory-saving", action="store_true", default=None,
+    g.add_argument("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
                    help="every memory-for-time form of the operations on (pynas.nn.ops.save_memory): on CPU "
-                        "fewer activations kept for backward at a slower step (CUDA runs them all anyway); "
-                        "implied by --checkpoint-cells and --max-memory (default: off)")
+                        "fewer activations kept for backward at a slower step (CUDA runs them all anyway) "
+                        "(default: on with --checkpoint-cells or --max-memory, off otherwise)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay the soft methods' whole step (α and weight steps, both optimisers) from a CUDA "
                         "graph, captured again each epoch (--device cuda; darts, darts-2nd, single-level, sdarts-rs, "
