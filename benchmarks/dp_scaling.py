@@ -1,7 +1,7 @@
 """Data-parallel search step on CPU (gloo): N processes at a global batch B
 (B/N each) against 1 process at B, with the weights' gradients averaged while
 backward runs (pynas' default, 1 MB buckets) and, for comparison, after backward
-in 25 MB buckets, and one all_reduce per parameter (as before issue 15).
+in 25 MB buckets, and one all_reduce per parameter (as before the bucketed reduction).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dp_scaling.py --nproc 2 --batch 32
 

@@ -1,4 +1,4 @@
-"""Activation memory and step time of the fused `darts` step under each memory form (issue 16).
+"""Activation memory and step time of the fused `darts` step under each memory form.
 
 Activations (`act. MB`, pynas.bench.search.saved_activations_mb: unique storages one forward keeps for
 backward; with checkpointing the checkpointed forward's plus the largest cell's recomputation) for the

@@ -64,7 +64,7 @@ QUICK = dict(batch_size=16, C=16, layers=8, image_size=32, warmup=1, steps=5)
 CHECK = dict(batch_size=2, C=4, layers=3, image_size=8)
 # What a measured step time implies for a whole search: CIFAR-10's 50,000 training images, half of them
 # for the weights under bi-level methods (DARTS' train_portion 0.5), 50 epochs (DARTS' public setting;
-# its first order took 9 h 04 min on an RTX 2080Ti at batch 64, the anchor issue 15 quotes).
+# its first order took 9 h 04 min on an RTX 2080Ti at batch 64, a published anchor).
 CIFAR10_TRAIN_IMAGES, SEARCH_EPOCHS = 50_000, 50
 
 

@@ -51,7 +51,7 @@ OpConstructor = Callable[[int, int, bool], nn.Module]
 #   mixed_sum keep a recipe instead: pool and BN forward again in backward, the
 #   same ops on the same input, so bitwise the same tensor (2: 13 left). One
 #   recomputation serves both consumers. Normalising inside mixed_sum instead
-#   (issue 16's option (a)) saves nothing more here: the lean BN already keeps
+#   (the other option considered) saves nothing more here: the lean BN already keeps
 #   only its output, which mixed_sum shares; it would keep the pre-BN tensor
 #   instead, the same size.
 # - `depthwise`: each depthwise conv output is recomputed in backward (6: 7 left,
