@@ -192,7 +192,30 @@ def test_loader_time_counts_the_batches_a_step_takes(monkeypatch):
     assert seen == [torch.Size([4, 3, 12, 12])] * 6  # augmented batches of the benchmark's size
 
 
-def test_paths_take_turns_in_one_process_the_order_swapped_each_round(monkeypatch):
+SPEC = dict(method="gdas", batch_size=2, C=4, layers=3, image_size=8, device="cpu", seed=0, recompute_depthwise=False,
+            layout="auto", checkpoint_cells=False, memory_saving=False)
+
+
+def test_paths_take_turns_the_order_swapped_each_round_and_rounds_pair_their_steps():
+    import pynas.bench.search as bench
+
+    order, clock = [], iter(range(1, 100))
+
+    def step(path, round):  # wall and CPU seconds: 1, 2, 3, ... in call order
+        order.append((path, round))
+        t = float(next(clock))
+        return t, t / 2
+
+    times = bench._alternate(step, warmup=1, steps=2, batch_size=4)
+    # the warm-up round, then two timed, the order swapped each round
+    assert order == [("eager", 0), ("fused", 0), ("fused", 1), ("eager", 1), ("eager", 2), ("fused", 2)]
+    # round 1: fused 3 s, eager 4 s; round 2: eager 5 s, fused 6 s
+    assert times["eager"]["steps_ms"] == [4000.0, 5000.0] and times["fused"]["steps_ms"] == [3000.0, 6000.0]
+    assert times["round_ratios"] == pytest.approx([4 / 3, 5 / 6]) and times["cpu_round_ratios"] == pytest.approx([4 / 3, 5 / 6])
+    assert times["eager"]["images_per_s"] == pytest.approx(4 / 4.5)
+
+
+def test_one_model_steps_both_paths_of_a_round_from_the_same_generator_state(monkeypatch):
     import pynas.bench.search as bench
 
     order, states, original = [], [], bench.use_path
@@ -204,14 +227,43 @@ def test_paths_take_turns_in_one_process_the_order_swapped_each_round(monkeypatc
 
     monkeypatch.setattr(bench, "use_path", use_path)
     with threads(1):
-        times = bench.time_steps("gdas", batch_size=2, C=4, layers=3, image_size=8, warmup=1, steps=2)
-    assert order == ["eager", "fused", "fused", "eager", "eager", "fused"]  # the warm-up round, then two timed
+        stepper = bench._PathStepper(**SPEC)
+        for round, path in enumerate(["eager", "fused", "fused", "eager", "eager", "fused"]):
+            stepper.step(path, round // 2)
     # Both steps of a round draw from the same generator state (the same hard samples), each round anew.
     assert [torch.equal(states[i], states[i + 1]) for i in range(0, 6, 2)] == [True] * 3
     assert not torch.equal(states[0], states[2]) and not torch.equal(states[2], states[4])
-    # Each round's ratio pairs the two steps of that round (eager time over fused time).
+
+
+def test_a_process_per_path_draws_what_the_other_path_draws(monkeypatch):
+    """On CPU each path steps in a process of its own (a _PathStepper of its own): the two draw the same
+    samples round by round, as both paths of one model do in a round."""
+    import pynas.bench.search as bench
+
+    states, original = {"eager": [], "fused": []}, bench.use_path
+
+    def use_path(strategy, path, *args, **kwargs):
+        states[path].append(strategy.model.arch.generator.get_state())
+        return original(strategy, path, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "use_path", use_path)
+    with threads(1):
+        for path in ("eager", "fused"):
+            stepper = bench._PathStepper(**SPEC)
+            for round in range(3):
+                stepper.step(path, round)
+    assert all(torch.equal(e, f) for e, f in zip(states["eager"], states["fused"]))
+    assert not torch.equal(states["eager"][0], states["eager"][1])
+
+
+def test_on_cpu_the_paths_step_in_turns_in_two_processes():
+    import pynas.bench.search as bench
+
+    with threads(1):
+        times = bench.time_steps("gdas", batch_size=2, C=4, layers=3, image_size=8, warmup=1, steps=2)
     e, f = times["eager"]["steps_ms"], times["fused"]["steps_ms"]
-    assert len(e) == len(f) == 2 and times["round_ratios"] == pytest.approx([e[0] / f[0], e[1] / f[1]])
+    assert len(e) == len(f) == 2 and all(t > 0 for t in e + f)
+    assert times["round_ratios"] == pytest.approx([e[0] / f[0], e[1] / f[1]])
 
 
 def test_search_hours_count_the_images_each_method_trains_on():

@@ -14,7 +14,7 @@ LAYERS = {
     "pynas.cli": 5, "pynas.__main__": 5,
     "pynas.search.run": 4, "pynas.search.distributed": 4, "pynas.select": 4, "pynas.select.pt": 4,
     "pynas.train": 4, "pynas.analysis": 4, "pynas.bench": 4, "pynas.doctor": 4,
-    "pynas.search": 3, "pynas.select.rules": 3, "pynas.select.evaluate": 3,
+    "pynas.search": 3, "pynas.select.rules": 3, "pynas.select.evaluate": 3, "pynas.nb201_benchmark": 3,
     "pynas.nn": 2, "pynas.arch": 2, "pynas.genotype": 2,
     "pynas.functional": 1,
     "pynas": 2, "pynas._build_info": 0, "pynas.errors": 0, "pynas._optional": 0, "pynas.progress": 0, "pynas.io": 0, "pynas.data": 0, "pynas.tensorboard": 0,

@@ -320,38 +320,41 @@ def trim_heap():
 def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: int, warmup: int, steps: int,
                device="cpu", seed: int = 0, recompute_depthwise: bool = False, layout: str = "auto",
                checkpoint_cells: bool = False, memory_saving: bool = False) -> Dict[str, dict]:
-    """Seconds per search step of both paths over one model in this process: in
-    each round both paths take a step, the order swapped every round (so drift on
-    a shared machine favours neither), on CPU with the heap trimmed after each
-    step. Per path the median and every step after ``warmup`` rounds, in wall
-    time and (``cpu_*``) in this process's CPU time, which other jobs on a shared
+    """Seconds per search step of both paths, taking turns: in each round both
+    paths take a step, one after the other, the order swapped every round (so drift
+    on a shared machine favours neither). On CUDA both run over one model in this
+    process; on CPU each path runs in a process of its own (:class:`_PathProcess`,
+    the same model from the same seed), the two stepping strictly in turn: one
+    heap for both paths fragments (at batch 64 its RSS passed 20 GB of a 24 GB
+    machine, heap trimmed after each step), two heaps each keep their own path's
+    peak. Per path the median and every step after ``warmup`` rounds, in wall time
+    and (``cpu_*``) in the stepping process' CPU time, which other jobs on a shared
     machine disturb less; ``round_ratios`` and ``cpu_round_ratios``, each round's
     eager time over its fused time (fused/eager in images per second). Both steps
     of a round draw the same Gumbel samples (the eager path the fused kernel's
     noise, from the same generator state), so under hard samples (gdas) they run
     the same operations."""
-    model, strategy = build(method, C, layers, device, seed=seed, layout=layout)
-    train, val = make_batches(batch_size, image_size, device, seed=seed)
-    cpu = torch.device(device).type == "cpu"
-    generator = model.arch.generator
+    spec = dict(method=method, batch_size=batch_size, C=C, layers=layers, image_size=image_size, device=device,
+                seed=seed, recompute_depthwise=recompute_depthwise, layout=layout, checkpoint_cells=checkpoint_cells,
+                memory_saving=memory_saving)
+    if torch.device(device).type == "cpu":
+        with contextlib.ExitStack() as stack:
+            workers = {path: stack.enter_context(_PathProcess(dict(spec, path=path))) for path in PATHS}
+            return _alternate(lambda path, round: workers[path].step(round), warmup, steps, batch_size)
+    stepper = _PathStepper(**spec)
+    return _alternate(stepper.step, warmup, steps, batch_size)
+
+
+def _alternate(step: Callable[[str, int], tuple], warmup: int, steps: int, batch_size: int) -> Dict[str, dict]:
+    """``step(path, round) -> (wall seconds, CPU seconds)`` of both paths in turns, summarised (see time_steps)."""
     times = {p: [] for p in PATHS}
     cpu_times = {p: [] for p in PATHS}
     for i in range(warmup + steps):
-        state = generator.get_state() if generator is not None else None
         for path in PATHS if i % 2 == 0 else PATHS[::-1]:
-            if state is not None:
-                generator.set_state(state)
-            use_path(strategy, path, fused_gumbel(generator), recompute_depthwise=recompute_depthwise,
-                     checkpoint_cells=checkpoint_cells, memory_saving=memory_saving)
-            if cpu:
-                trim_heap()
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            strategy.step(train, val)
-            _sync(device)
+            wall, cpu = step(path, i)
             if i >= warmup:
-                times[path].append(time.perf_counter() - start)
-                cpu_times[path].append(time.process_time() - cpu_start)
+                times[path].append(wall)
+                cpu_times[path].append(cpu)
     out = {}
     for path, ts in times.items():
         median = statistics.median(ts)
@@ -361,6 +364,84 @@ def time_steps(method: str, batch_size: int, C: int, layers: int, image_size: in
     out["round_ratios"] = [e / f for e, f in zip(times["eager"], times["fused"])]
     out["cpu_round_ratios"] = [e / f for e, f in zip(cpu_times["eager"], cpu_times["fused"])]
     return out
+
+
+class _PathStepper:
+    """Search steps of one model along either path; each step of round ``r`` draws its samples from the
+    generator seeded by (seed, r), so both paths' steps of a round draw the same ones, in one model or in
+    two (the eager path draws more than the fused one, so their generators would part after one step)."""
+
+    def __init__(self, method, batch_size, C, layers, image_size, device, seed, recompute_depthwise, layout,
+                 checkpoint_cells, memory_saving):
+        self.model, self.strategy = build(method, C, layers, device, seed=seed, layout=layout)
+        self.train, self.val = make_batches(batch_size, image_size, device, seed=seed)
+        self.device, self.seed = device, seed
+        self.forms = dict(recompute_depthwise=recompute_depthwise, checkpoint_cells=checkpoint_cells,
+                          memory_saving=memory_saving)
+        self.generator = self.model.arch.generator
+
+    def step(self, path: str, round: int) -> tuple:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed * 1_000_003 + round)
+        use_path(self.strategy, path, fused_gumbel(self.generator), **self.forms)
+        if torch.device(self.device).type == "cpu":
+            trim_heap()
+        _sync(self.device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        self.strategy.step(self.train, self.val)
+        _sync(self.device)
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _path_process_main() -> None:
+    """A :class:`_PathProcess`: reads its spec, then one search step per line of stdin (the round's
+    number), each answered with (wall, CPU) seconds as JSON on stdout."""
+    spec = json.loads(sys.stdin.readline())
+    torch.set_num_threads(spec.pop("threads"))
+    path = spec.pop("path")
+    stepper = _PathStepper(**spec)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(stepper.step(path, int(line))), flush=True)
+
+
+class _PathProcess:
+    """One path's steps in a fresh Python process of its own (its own heap), started with this process'
+    torch thread count; :meth:`step` runs one and waits for it, so two of them never step at once."""
+
+    def __init__(self, spec: dict):
+        self.spec = dict(spec, threads=torch.get_num_threads())
+
+    def __enter__(self):
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above pynas/
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        code = "from pynas.bench.search import _path_process_main; _path_process_main()"
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=env, text=True)
+        self._send(json.dumps(self.spec))
+        self._receive("ready")
+        return self
+
+    def step(self, round: int) -> tuple:
+        self._send(str(round))
+        return tuple(json.loads(self._receive("a step's times")))
+
+    def _send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def _receive(self, what: str) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.spec['path']} path's process of {self.spec['method']} ended before "
+                               f"{what} (exit code {self.process.wait()}; its error above)")
+        return line.strip()
+
+    def __exit__(self, *exc):
+        self.process.stdin.close()
+        self.process.wait()
+        return False
 
 
 def loader_ms_per_step(method: str, batch_size: int, image_size: int, batches: int = 8, seed: int = 0) -> float:
@@ -627,7 +708,7 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
                                      memory_saving=memory_saving)
         log(f"{method}: eager and fused give the same loss, gradients and BatchNorm statistics")
     # Memory per (method, path): on CPU in a fresh process each (VmHWM never goes down); two steps, as
-    # `pynas bench memory` probes. Time: both paths alternating in one process (time_steps).
+    # `pynas bench memory` probes. Time: both paths stepping in turns (time_steps).
     memory = {}
     for method in methods:
         for path in PATHS:
@@ -670,8 +751,9 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
                                "saved storages; fused: the checkpointed forward's plus one cell's recomputation, "
                                "the largest (bench_search.checkpointed_activations_mb)"),
                   memory="cuda max allocated" if device == "cuda" else "peak RSS, one process per method and path",
-                  timing="paths alternating step by step in one process, the order swapped every round"
-                         + ("; heap trimmed after each step" if device == "cpu" else ""),
+                  timing="paths alternating step by step, the order swapped every round"
+                         + ("; each path in a process of its own, stepping in turns, heap trimmed before each step"
+                            if device == "cpu" else ", in one process"),
                   check=checks, rows=rows)
     by_method = {r["method"]: r for r in rows}
     if "darts" in by_method and "gdas" in by_method:
