@@ -101,6 +101,9 @@ class RunConfig:
     log_grad_correlation: bool = False  # Single-DARTS Eq. 8 on each epoch's first batches
     log_prob_grad: Optional[str] = None  # Single-DARTS Fig. 3: ∂L/∂p per edge of these cells ("all" or "0,3")
     tensorboard: Optional[str] = None  # a TensorBoard log directory beside metrics.jsonl (rank 0)
+    # NAS-Bench-201's recorded accuracies of each epoch's cell (pynas.nb201_benchmark: a .pth, NATS-Bench's
+    # .pickle.pbz2 or its -simple directory); --space nb201 only.
+    benchmark: Optional[str] = None
     keep_every: int = 0  # also keep checkpoint-epoch<N>.pt every N epochs (0: only the latest)
     # PC-DARTS: each edge's operations see 1/K of the channels, and β normalises each node's edges (K > 1).
     partial_channels: int = 1
@@ -196,6 +199,8 @@ class RunConfig:
                              "are 8x8 and take no augmentation")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"--workers must be a non-negative integer, got {self.workers!r}")
+        if self.benchmark is not None and self.space != "nb201":
+            raise ValueError(f"--benchmark looks up NAS-Bench-201 cells: it needs --space nb201, not {self.space}")
         if self.keep_every < 0:
             raise ValueError(f"--keep-every must be >= 0 (0: keep only the latest checkpoint), got {self.keep_every}")
         if self.batch_increase < 0 or self.first_decision < 0:
@@ -388,6 +393,9 @@ def add_search_arguments(parser):
                    help="also keep the checkpoint of every N-th epoch (a search trajectory; 0: the latest only)")
     g.add_argument("--quiet", action="store_true", help="no progress display, only the epochs' summary lines")
     add_log_every_argument(g)
+    g.add_argument("--benchmark", default=None, metavar="PATH",
+                   help="--space nb201: NAS-Bench-201's accuracies of each epoch's cell, logged (the benchmark's .pth, "
+                        "NATS-Bench's NATS-tss-v1_0-3ffb9.pickle.pbz2 or its -simple directory)")
     g.add_argument("--tensorboard", default=None, metavar="DIR",
                    help='also write each epoch\'s metrics and α as TensorBoard scalars into DIR '
                         '(pip install "pynas[tensorboard]")')

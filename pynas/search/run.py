@@ -20,6 +20,7 @@ from ..data import loader
 from ..errors import InputError, NonFiniteError
 from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes,
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
+from ..nb201_benchmark import canonical, open_benchmark
 from ..nn import NB201Network
 from ..progress import Progress
 from ..tensorboard import TensorBoardLogger
@@ -119,6 +120,8 @@ class SearchRun:
         if cfg.cuda_graphs:
             check_cuda_graphs(cfg.method, cfg.device, relaxation=cfg.relaxation, world=self.world)
         self.step = GraphedStep(self.strategy) if cfg.cuda_graphs else self.strategy.step
+        # NAS-Bench-201's recorded accuracies of each epoch's cell (rank 0 logs them).
+        self.benchmark = open_benchmark(cfg.benchmark) if cfg.benchmark and self.rank == 0 else None
         # Opened first: a missing tensorboard package stops the run before any work.
         self.tensorboard = (TensorBoardLogger(cfg.tensorboard, op_names=self.model.arch.ops)
                             if cfg.tensorboard and self.rank == 0 else None)
@@ -266,11 +269,20 @@ class SearchRun:
                       + " ".join(f"{v:.3f}" for v in edge.tolist()))
         rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{method_rule(self.cfg.method)} rule"
         print(f"genotype ({rule}): {genotype}")
+        if self.benchmark is not None:
+            print(f"NAS-Bench-201 ({self.benchmark.file}): {_benchmark_line(self._benchmark_numbers(genotype))}")
         for report in self.reporters:
             line = report(self, genotype)
             if line:
                 print(line)
         print(f"run directory: {self.out}   (plots: pynas analyze evolution --run {self.out} --out DIR)")
+
+    def _benchmark_numbers(self, genotype: str) -> dict:
+        """The benchmark's numbers of ``genotype`` for metrics.jsonl; a cell the file lacks says so."""
+        numbers = self.benchmark.lookup(genotype)
+        if numbers is None:
+            return {"file": self.benchmark.file, "cell": canonical(genotype), "missing": True}
+        return {"file": numbers.pop("file"), "cell": canonical(genotype), **numbers}
 
     def _ranks_agree(self) -> Tuple[bool, dict]:
         """Whether every rank holds bit-identical α and weights and drew bit-identical edge weights this
@@ -355,6 +367,8 @@ class SearchRun:
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "epoch_seconds": epoch_seconds, "images_per_second": images_per_second,
                   "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
+        if self.benchmark is not None:
+            record["benchmark"] = self._benchmark_numbers(record["genotype"])
         if self.world > 1:
             record["ranks_agree"], record["rank_checksums"] = self._ranks_agree()
         if self.rank == 0:
@@ -368,6 +382,20 @@ class SearchRun:
                       + (f", pruned {d['pruned']}" if d["pruned"] else ""))
         self._log(f"epoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
+        if "benchmark" in record:
+            self._log(f"  NAS-Bench-201: {_benchmark_line(record['benchmark'])}")
+
+
+def _benchmark_line(numbers: dict) -> str:
+    """``cifar10 valid 89.12 test 93.76 | cifar100 ... | imagenet16 ...`` (percent), or that the file lacks the cell."""
+    if numbers.get("missing"):
+        return f"{numbers['file']} has no record of {numbers['cell']}"
+
+    def value(key):
+        return "n/a" if numbers[key] is None else f"{numbers[key]:.2f}"
+
+    return " | ".join(f"{name} valid {value(name + '_valid')} test {value(name + '_test')}"
+                      for name in ("cifar10", "cifar100", "imagenet16"))
 
 
 def _resumed_config(run_dir: str) -> RunConfig:
