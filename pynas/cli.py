@@ -95,20 +95,81 @@ def _select(args):
 
 
 def _evaluate(args):
-    from .search.build import evaluate, load_run
-    from .select import genotype_in_place_of_alpha, parse_genotype
-
     try:
-        cfg, model, _, val_data = load_run(args.run, args.epoch)
-        genotype = parse_genotype(args.genotype or os.path.join(args.run, "genotype.txt"))
-        _, supernet_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
-        with genotype_in_place_of_alpha(model, genotype):
-            _, child_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
+        if args.random is not None:
+            return _random_baseline(args)
+        if args.run is None and not (args.genotype and args.benchmark):
+            raise InputError("give --run RUN_DIR (a genotype in its supernet), or --genotype G --benchmark PATH "
+                             "(NAS-Bench-201's numbers of a cell)")
+        if args.run is not None:
+            _evaluate_in_supernet(args)
+        if args.benchmark is not None:
+            _evaluate_on_benchmark(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"pynas evaluate: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _evaluate_in_supernet(args) -> None:
+    from .search.build import evaluate, load_run
+    from .select import genotype_in_place_of_alpha, parse_genotype
+
+    cfg, model, _, val_data = load_run(args.run, args.epoch)
+    genotype = parse_genotype(args.genotype or os.path.join(args.run, "genotype.txt"))
+    _, supernet_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
+    with genotype_in_place_of_alpha(model, genotype):
+        _, child_acc = evaluate(model, val_data, cfg.batch_size, cfg.device)
     print(f"supernet validation accuracy: {supernet_acc:.4f}")
     print(f"child (supernet weights, no fine-tuning): {child_acc:.4f}")
+
+
+def _evaluate_on_benchmark(args) -> None:
+    """The benchmark's six numbers of --genotype (or the run's genotype), printed and, with --json, written."""
+    from .genotype import NB201Genotype
+    from .io import write_json
+    from .nb201_benchmark import canonical, numbers_line, open_benchmark
+    from .select import parse_genotype
+
+    genotype = parse_genotype(args.genotype or os.path.join(args.run, "genotype.txt"))
+    if not isinstance(genotype, NB201Genotype):
+        raise InputError("--benchmark looks up NAS-Bench-201 cells; the genotype is a DARTS-space cell")
+    bench = open_benchmark(args.benchmark)
+    numbers = bench.lookup(genotype)
+    cell = canonical(genotype)
+    numbers = {"missing": True, "file": bench.file} if numbers is None else numbers
+    print(f"NAS-Bench-201 ({bench.file}), {cell}: {numbers_line(dict(numbers, cell=cell))}")
+    if args.json:
+        write_json(args.json, dict(numbers, cell=cell))
+
+
+def _random_baseline(args) -> int:
+    """Random search read off the benchmark: the best of --random N cells by CIFAR-10 valid accuracy, for
+    --seeds seeds, and the mean of their numbers."""
+    from .io import write_json
+    from .nb201_benchmark import METRICS, numbers_line, open_benchmark
+
+    if args.benchmark is None or args.run is not None or args.genotype is not None:
+        raise InputError("--random N draws cells from --benchmark PATH (without --run or --genotype)")
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+    bench = open_benchmark(args.benchmark)
+    best = []
+    for seed in range(args.seeds):
+        found = bench.random_search(args.random, seed)
+        if found is None:
+            raise InputError(f"none of the {args.random} cells drawn with seed {seed} has a CIFAR-10 valid "
+                             f"accuracy in {bench.file}")
+        cell, numbers = found
+        best.append(dict(numbers, cell=cell, seed=seed))
+        print(f"seed {seed}: {cell}: {numbers_line(numbers)}")
+    mean = {key: sum(b[key] for b in best) / len(best) if all(b[key] is not None for b in best) else None
+            for key in METRICS}
+    print(f"random search, best of {args.random} by CIFAR-10 valid, mean over {args.seeds} seeds: "
+          f"{numbers_line(mean)}")
+    if args.json:
+        write_json(args.json, {"file": bench.file, "random": args.random, "seeds": args.seeds, "best": best,
+                               "mean": mean})
     return 0
 
 
@@ -175,11 +236,20 @@ def main(argv=None) -> int:
     add_search_arguments(search)
     select = commands.add_parser("select", help="derive an architecture from a search run (rules or DARTS-PT)")
     _add_select_arguments(select)
-    evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights")
-    evaluate.add_argument("--run", required=True, metavar="RUN_DIR")
+    evaluate = commands.add_parser("evaluate", help="a genotype inside its supernet, with the supernet's weights; "
+                                                    "NAS-Bench-201's recorded numbers of a cell")
+    evaluate.add_argument("--run", default=None, metavar="RUN_DIR", help="a search run: the genotype in its supernet")
     evaluate.add_argument("--epoch", type=int, default=None,
                           help="the checkpoint the search kept after this epoch (--keep-every; default: the latest)")
     evaluate.add_argument("--genotype", default=None, help="name, file or text (default: the run's genotype)")
+    evaluate.add_argument("--benchmark", default=None, metavar="PATH",
+                          help="NAS-Bench-201's accuracies of the (NB201) genotype: the benchmark's .pth, NATS-Bench's "
+                               "NATS-tss-v1_0-3ffb9.pickle.pbz2 or its -simple directory")
+    evaluate.add_argument("--random", type=int, default=None, metavar="N",
+                          help="with --benchmark alone: random search read off the table, the best of N random cells "
+                               "by CIFAR-10 valid accuracy, per seed")
+    evaluate.add_argument("--seeds", type=int, default=5, help="--random: seeds 0..SEEDS-1 (default: %(default)s)")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the benchmark's numbers as JSON")
     train = commands.add_parser("train", help="train a genotype from scratch (DARTS evaluation protocol)")
     _add_train_arguments(train)
     analyze = commands.add_parser("analyze", help="analyses: per-edge cost, wiring evolution, cell topology, "

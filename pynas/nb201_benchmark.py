@@ -287,3 +287,16 @@ class NB201Benchmark:
             raise InputError(f"{self.path}: the records of cell {index} ({self._archs[index]}) are not "
                              f"NAS-Bench-201's ArchResults state dicts ({quoted(one_line(e), 80)})") from None
         return {**numbers, "file": self.file}
+
+
+def numbers_line(numbers: dict) -> str:
+    """``cifar10 valid 89.12 test 93.76 | cifar100 ... | imagenet16 ...`` (percent, two decimals) of
+    :meth:`NB201Benchmark.lookup`'s numbers, or, for ``{"missing": True, "file", "cell"}``, that the file lacks it."""
+    if numbers.get("missing"):
+        return f"{numbers['file']} has no record of {numbers['cell']}"
+
+    def value(key):
+        return "n/a" if numbers.get(key) is None else f"{numbers[key]:.2f}"
+
+    return " | ".join(f"{name} valid {value(name + '_valid')} test {value(name + '_test')}"
+                      for name in ("cifar10", "cifar100", "imagenet16"))

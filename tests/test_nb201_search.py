@@ -48,3 +48,38 @@ def test_benchmark_needs_the_nb201_space_and_a_benchmark_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nothing.json" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_prints_and_writes_a_cells_numbers_without_a_run(tmp_path, capsys):
+    first = next(iter(CELLS))
+    path = write_benchmark(tmp_path, "nats-file", CELLS)
+    shuffled = "|nor_conv_3x3~0|+|avg_pool_3x3~1|nor_conv_3x3~0|+|avg_pool_3x3~2|nor_conv_3x3~1|none~0|"  # cell A
+    assert main(["evaluate", "--genotype", shuffled, "--benchmark", path, "--json", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    means = {key: (a + b) / 2 for key, (a, b) in CELLS[first].items()}
+    assert (f"cifar10 valid {means['cifar10_valid']:.2f} test {means['cifar10_test']:.2f} | cifar100 valid "
+            f"{means['cifar100_valid']:.2f} test {means['cifar100_test']:.2f} | imagenet16 valid "
+            f"{means['imagenet16_valid']:.2f} test {means['imagenet16_test']:.2f}") in out and first in out
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert written["cell"] == first and all(written[k] == pytest.approx(v, abs=1e-9) for k, v in means.items())
+    absent = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    assert main(["evaluate", "--genotype", absent, "--benchmark", path]) == 0
+    assert "has no record of" in capsys.readouterr().out
+    for argv, named in ((["evaluate", "--genotype", "DARTS_V2", "--benchmark", path], "DARTS-space"),
+                        (["evaluate", "--benchmark", path], "--run RUN_DIR"),
+                        (["evaluate", "--random", "9", "--benchmark", path], "[1, 3]")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_random_search_of_every_cell_finds_the_best_cifar10_valid_cell(tmp_path, capsys):
+    """Drawing all three planted cells, every seed's best by CIFAR-10 valid is the cell with the highest mean."""
+    path = write_benchmark(tmp_path, "nats-simple", CELLS)
+    best = max(CELLS, key=lambda c: sum(CELLS[c]["cifar10_valid"]) / 2)
+    assert main(["evaluate", "--random", "3", "--seeds", "2", "--benchmark", path,
+                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [b["cell"] for b in result["best"]] == [best, best]
+    assert result["mean"]["cifar10_test"] == pytest.approx(sum(CELLS[best]["cifar10_test"]) / 2, abs=1e-9)
+    assert "mean over 2 seeds" in capsys.readouterr().out

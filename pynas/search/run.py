@@ -20,7 +20,7 @@ from ..data import loader
 from ..errors import InputError, NonFiniteError
 from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes,
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
-from ..nb201_benchmark import canonical, open_benchmark
+from ..nb201_benchmark import canonical, numbers_line, open_benchmark
 from ..nn import NB201Network
 from ..progress import Progress
 from ..tensorboard import TensorBoardLogger
@@ -270,7 +270,7 @@ class SearchRun:
         rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{method_rule(self.cfg.method)} rule"
         print(f"genotype ({rule}): {genotype}")
         if self.benchmark is not None:
-            print(f"NAS-Bench-201 ({self.benchmark.file}): {_benchmark_line(self._benchmark_numbers(genotype))}")
+            print(f"NAS-Bench-201 ({self.benchmark.file}): {numbers_line(self._benchmark_numbers(genotype))}")
         for report in self.reporters:
             line = report(self, genotype)
             if line:
@@ -383,19 +383,7 @@ class SearchRun:
         self._log(f"epoch {self.epoch}/{cfg.epochs} train loss {record['train_loss']:.3f} "
                   f"acc {record['train_acc']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}")
         if "benchmark" in record:
-            self._log(f"  NAS-Bench-201: {_benchmark_line(record['benchmark'])}")
-
-
-def _benchmark_line(numbers: dict) -> str:
-    """``cifar10 valid 89.12 test 93.76 | cifar100 ... | imagenet16 ...`` (percent), or that the file lacks the cell."""
-    if numbers.get("missing"):
-        return f"{numbers['file']} has no record of {numbers['cell']}"
-
-    def value(key):
-        return "n/a" if numbers[key] is None else f"{numbers[key]:.2f}"
-
-    return " | ".join(f"{name} valid {value(name + '_valid')} test {value(name + '_test')}"
-                      for name in ("cifar10", "cifar100", "imagenet16"))
+            self._log(f"  NAS-Bench-201: {numbers_line(record['benchmark'])}")
 
 
 def _resumed_config(run_dir: str) -> RunConfig:
