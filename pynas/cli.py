@@ -48,28 +48,31 @@ def _add_select_arguments(parser):
     parser.add_argument("--val-batches", type=int, default=None, help="validation batches per measurement (all)")
     parser.add_argument("--phases", default="operation,topology")
     parser.add_argument("--out", default=None, help="where to write (default: RUN_DIR/select-<method>)")
+    parser.add_argument("--benchmark", default=None, metavar="PATH",
+                        help="NAS-Bench-201 runs: the benchmark's numbers of the selected cell (PT: after each round, "
+                             "in pt_trail.json); the benchmark's .pth, NATS-tss-v1_0-3ffb9.pickle.pbz2 or its -simple "
+                             "directory")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only the decisions")
     add_log_every_argument(parser)
 
 
 def _select(args):
+    from .io import load_checkpoint, write_json, write_text
+    from .nb201_benchmark import canonical, numbers_line, open_benchmark
+    from .progress import Progress
     from .search.build import kept_checkpoint, load_run
     from .select import PTSelection, select_by_rule
+    from .select.pt import tuning_strategy
 
     try:
         cfg, model, train_data, val_data = load_run(args.run, args.epoch)
+        if args.benchmark is not None and cfg.space != "nb201":
+            raise InputError(f"--benchmark looks up NAS-Bench-201 cells; {args.run} searched --space {cfg.space}")
+        bench = open_benchmark(args.benchmark) if args.benchmark is not None else None
+        out = args.out or os.path.join(args.run, f"select-{args.method}")
         if args.method in ("magnitude", "snas", "nb201"):
             genotype = select_by_rule(model, args.method)
-            from .io import write_text
-
-            out = args.out or os.path.join(args.run, f"select-{args.method}")
-            write_text(os.path.join(out, "genotype.txt"), genotype + "\n")
         else:
-            out = args.out or os.path.join(args.run, f"select-{args.method}")
-            from .io import load_checkpoint
-            from .progress import Progress
-            from .select.pt import tuning_strategy
-
             # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
             checkpoint = (os.path.join(args.run, "checkpoint.pt") if args.epoch is None
                           else kept_checkpoint(args.run, args.epoch))
@@ -81,16 +84,20 @@ def _select(args):
                              log=(lambda *a: None) if args.quiet else print,
                              strategy=tuning_strategy(cfg.method, cfg.epsilon_alpha, cfg.seed + 2),
                              arch_state=search_state["strategy"].get("a_opt"),
-                             progress=Progress(quiet=args.quiet, log_every=args.log_every))
+                             progress=Progress(quiet=args.quiet, log_every=args.log_every), benchmark=bench)
             if pt.resume():
                 print(f"resuming: {len(pt.trail)} decisions already made")
             genotype = str(pt.run())
-            with open(os.path.join(out, "genotype.txt"), "w") as f:
-                f.write(genotype + "\n")
+        write_text(os.path.join(out, "genotype.txt"), genotype + "\n")
     except (ValueError, FileNotFoundError) as e:
         print(f"pynas select: {e}", file=sys.stderr)
         return 2
     print(f"genotype: {genotype}")
+    if bench is not None:
+        cell = canonical(genotype)
+        numbers = dict(bench.lookup(cell) or {"missing": True, "file": bench.file}, cell=cell)
+        write_json(os.path.join(out, "benchmark.json"), numbers)
+        print(f"NAS-Bench-201 ({bench.file}): {numbers_line(numbers)}")
     return 0
 
 

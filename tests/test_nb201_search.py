@@ -83,3 +83,34 @@ def test_random_search_of_every_cell_finds_the_best_cifar10_valid_cell(tmp_path,
     assert [b["cell"] for b in result["best"]] == [best, best]
     assert result["mean"]["cifar10_test"] == pytest.approx(sum(CELLS[best]["cifar10_test"]) / 2, abs=1e-9)
     assert "mean over 2 seeds" in capsys.readouterr().out
+
+
+def test_select_records_the_selected_cells_numbers_and_pt_after_each_round(tmp_path, capsys):
+    run = tmp_path / "search"
+    assert main([*SEARCH, "--epochs", "1", "--out", str(run)]) == 0
+    selects = {"nb201": ["--method", "nb201"],
+               "pt": ["--method", "pt", "--tune-epochs", "0", "--val-batches", "1", "--quiet"]}
+    chosen = {}
+    for name, argv in selects.items():  # first without a benchmark: the cells each selection ends with
+        assert main(["select", "--run", str(run), *argv, "--out", str(tmp_path / f"{name}-plain")]) == 0
+        chosen[name] = (tmp_path / f"{name}-plain" / "genotype.txt").read_text().strip()
+    planted = {cell: CELLS[next(iter(CELLS))] for cell in set(chosen.values())}
+    path = write_benchmark(tmp_path, "nats-simple", planted)
+    for name, argv in selects.items():
+        out = tmp_path / name
+        assert main(["select", "--run", str(run), *argv, "--out", str(out), "--benchmark", path]) == 0
+        assert (out / "genotype.txt").read_text().strip() == chosen[name]  # the look-up changes nothing
+        numbers = json.loads((out / "benchmark.json").read_text())
+        a, b = planted[chosen[name]]["cifar10_test"]
+        assert numbers["cifar10_test"] == pytest.approx((a + b) / 2, abs=1e-9)
+    trail = json.loads((tmp_path / "pt" / "pt_trail.json").read_text())
+    assert len({r["round"] for r in trail}) == 6  # one operation decision per NB201 edge, a round each
+    for record in trail:  # the cell after each round: the planted numbers, or missing from the file
+        logged = record["benchmark"]
+        if logged["cell"] in planted:
+            assert logged["cifar10_test"] == pytest.approx(sum(planted[logged["cell"]]["cifar10_test"]) / 2)
+        else:
+            assert logged["missing"] is True
+    assert trail[-1]["benchmark"]["cell"] == chosen["pt"]
+    assert main(["select", "--run", str(run), "--method", "nb201", "--benchmark", str(tmp_path / "x.json")]) == 2
+    assert "x.json" in capsys.readouterr().err

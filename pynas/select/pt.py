@@ -36,6 +36,7 @@ from ..genotype import Genotype, derive_cell, derive_nb201
 from ..errors import InputError
 from ..io import (checkpoint_header, load_checkpoint, load_state, parameter_shapes, remove_stale_temporaries,
                   save_checkpoint, write_json)
+from ..nb201_benchmark import canonical, numbers_line
 from ..progress import Progress
 from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Strategy
 
@@ -137,7 +138,7 @@ class PTSelection:
                  phases: Sequence[str] = PHASES, magnitude: bool = False, fixed_alpha: bool = False,
                  device: str = "cpu", log=print, last_tune_epochs: int = 1, tune_lr: float = TUNE_LR,
                  strategy: Optional[Callable[..., Strategy]] = None, arch_state: Optional[dict] = None,
-                 progress: Optional[Progress] = None):
+                 progress: Optional[Progress] = None, benchmark=None):
         if crit not in ("acc", "loss"):
             raise ValueError(f"--crit must be acc or loss, got {crit!r}")
         unknown = [p for p in phases if p not in PHASES]
@@ -153,6 +154,8 @@ class PTSelection:
         self.batch_size, self.phases, self.magnitude, self.fixed_alpha = batch_size, tuple(phases), magnitude, fixed_alpha
         self.device, self.log = device, log
         self.progress = progress or Progress(quiet=True)  # a bar per round's fine-tuning
+        # NAS-Bench-201 runs: the benchmark's numbers of the cell after each round (pynas.nb201_benchmark)
+        self.benchmark = benchmark
         self.arch = model.arch
         # NAS-Bench-201 cells keep every edge: only the operation phase applies.
         self.nb201 = self.arch.cell_types == ("cell",)
@@ -330,16 +333,29 @@ class PTSelection:
             last = not self._work_left()
             self.fine_tune(self.last_tune_epochs if last else self.tune_epochs)
             accuracy = self.val_accuracy()
+            looked_up = self._benchmark_numbers()
             for record in made:
                 record.update(round=self.rounds, val_acc_after_tuning=accuracy)
+                if looked_up is not None:
+                    record["benchmark"] = looked_up
                 if record["phase"] == "operation":
                     self.log(f"round {self.rounds} ({record['cell_type']} edge {record['edge']}): "
                              f"{record['scores_without']} -> {record['chosen']}")
                 else:
                     self.log(f"round {self.rounds} ({record['cell_type']}): keep edges {record['kept']}")
             self.log(f"  supernet validation accuracy after tuning: {accuracy:.4f}")
+            if looked_up is not None:
+                self.log(f"  NAS-Bench-201 of {looked_up['cell']}: {numbers_line(looked_up)}")
             self._save()
         return self.genotype()
+
+    def _benchmark_numbers(self) -> Optional[Dict]:
+        """The benchmark's numbers of the cell as it stands (None without a benchmark or off NAS-Bench-201)."""
+        if self.benchmark is None or not self.nb201:
+            return None
+        cell = canonical(self.genotype())
+        numbers = self.benchmark.lookup(cell)
+        return dict(numbers or {"missing": True, "file": self.benchmark.file}, cell=cell)
 
     def _work_left(self) -> bool:
         ops = "operation" in self.phases and any(self._next_edge(t) is not None for t in self.arch.cell_types)
