@@ -114,3 +114,19 @@ def test_select_records_the_selected_cells_numbers_and_pt_after_each_round(tmp_p
     assert trail[-1]["benchmark"]["cell"] == chosen["pt"]
     assert main(["select", "--run", str(run), "--method", "nb201", "--benchmark", str(tmp_path / "x.json")]) == 2
     assert "x.json" in capsys.readouterr().err
+
+
+def test_analyze_evolution_draws_the_benchmark_curves_of_a_search_with_a_benchmark(tmp_path, capsys):
+    assert main([*SEARCH, "--out", str(tmp_path / "plain")]) == 0
+    cells = [json.loads(line)["genotype"] for line in open(tmp_path / "plain" / "metrics.jsonl")]
+    path = write_benchmark(tmp_path, "nats-file", {cells[0]: CELLS[next(iter(CELLS))]})
+    assert main([*SEARCH, "--out", str(tmp_path / "run"), "--benchmark", path]) == 0
+    assert main(["analyze", "evolution", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "evo")]) == 0
+    report = json.loads((tmp_path / "evo" / "evolution.json").read_text())
+    assert "evolution_benchmark.png" in report["figures"]
+    assert (tmp_path / "evo" / "evolution_benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = [json.loads(line)["benchmark"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert report["benchmark"] == logged
+    # without a benchmark: no such figure
+    assert main(["analyze", "evolution", "--run", str(tmp_path / "plain"), "--out", str(tmp_path / "evo2")]) == 0
+    assert "evolution_benchmark.png" not in json.loads((tmp_path / "evo2" / "evolution.json").read_text())["figures"]

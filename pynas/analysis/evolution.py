@@ -42,6 +42,8 @@ class History:
     edges: List[Tuple[int, int]]
     inputs: int
     probabilities: Dict[str, np.ndarray]
+    # NAS-Bench-201 runs with --benchmark: per epoch the benchmark's numbers of its cell (None: not looked up)
+    benchmark: List[Optional[dict]] = None
 
     @property
     def edge_names(self) -> List[str]:
@@ -116,7 +118,8 @@ def load_history(run_dir: str) -> History:
                              f"{len(ops)} operations of space {space!r}")
     inputs = 1 if space == "nb201" else 2  # NAS-Bench-201 cells have one input node
     edges = _cell_edges(probabilities[cell_types[0]].shape[1], inputs)
-    return History([int(r.get("epoch", i + 1)) for i, r in enumerate(records)], ops, edges, inputs, probabilities)
+    return History([int(r.get("epoch", i + 1)) for i, r in enumerate(records)], ops, edges, inputs, probabilities,
+                   [r.get("benchmark") if isinstance(r.get("benchmark"), dict) else None for r in records])
 
 
 def entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -244,6 +247,25 @@ def plot_entropy(history: History, path: str) -> None:
     save_figure(fig, path)
 
 
+def plot_benchmark(history: History, path: str) -> bool:
+    """NAS-Bench-201's recorded test accuracies of each epoch's cell (a search with --benchmark), per
+    dataset; a cell the file lacks leaves a gap. False (nothing drawn) when no epoch was looked up."""
+    if not any(b and not b.get("missing") for b in history.benchmark or []):
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
+    for key, label in (("cifar10_test", "CIFAR-10 test"), ("cifar100_test", "CIFAR-100 test"),
+                       ("imagenet16_test", "ImageNet16-120 test")):
+        values = [np.nan if not b or b.get("missing") or b.get(key) is None else b[key] for b in history.benchmark]
+        ax.plot(history.epochs, values, marker="o", ms=3, lw=1.5, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy of the epoch's cell (%)")
+    ax.set_title(f"NAS-Bench-201 ({next(b['file'] for b in history.benchmark if b)})", fontsize=10)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
 # ---------------------------------------------------------------------------
 # The report and `pynas analyze evolution`
 
@@ -274,6 +296,9 @@ def analyze_evolution(run_dir: str, out_dir: str) -> dict:
                 draw_cell(cell, figure(f"cell_{t}_epoch{epoch:03d}.png"), title=f"{t} cell, epoch {epoch}",
                           inputs=history.inputs, num_nodes=history.num_nodes, concat=concat, ops=history.ops)
     plot_entropy(history, figure("evolution_entropy.png"))
+    if plot_benchmark(history, os.path.join(out_dir, "evolution_benchmark.png")):
+        report["figures"].append("evolution_benchmark.png")
+        report["benchmark"] = history.benchmark
     write_json(os.path.join(out_dir, "evolution.json"), report)
     return report
 
