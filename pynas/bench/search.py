@@ -390,7 +390,10 @@ class _PathStepper:
         start, cpu_start = time.perf_counter(), time.process_time()
         self.strategy.step(self.train, self.val)
         _sync(self.device)
-        return time.perf_counter() - start, time.process_time() - cpu_start
+        times = time.perf_counter() - start, time.process_time() - cpu_start
+        if torch.device(self.device).type == "cpu":
+            trim_heap()  # untimed: the other path's process steps while this one holds only its model
+        return times
 
 
 def _path_process_main() -> None:
@@ -717,7 +720,12 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
             else:
                 memory[method, path] = measure_memory(method, path, device=device, **opts)
             memory[method, path].pop("steps_ms")
-            memory[method, path]["activations_mb"] = activations_mb(method, path, device=device, **opts)
+            if device == "cpu":  # in a process of its own: this one's heap would keep GBs of it at batch 64
+                memory[method, path]["activations_mb"] = in_fresh_process(
+                    "pynas.bench.search", "activations_mb", dict(opts, method=method, path=path, device=device),
+                    f"the activations of {method}/{path}")
+            else:
+                memory[method, path]["activations_mb"] = activations_mb(method, path, device=device, **opts)
             log(f"{method} / {path}: peak {memory[method, path]['peak_mb']:.0f} MB")
     rows = []
     for method in methods:
