@@ -12,7 +12,7 @@ VENV=.venv
 PY=$VENV/bin/python
 
 TORCH_DEPS='torch==2.13.0 torchvision==0.28.0'
-OTHER_DEPS='ninja pytest pytest-xdist hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard tqdm'
+OTHER_DEPS='ninja pytest pytest-xdist hypothesis numpy scipy expecttest scikit-learn matplotlib tensorboard tqdm nats_bench nas-bench-201'
 
 setup_venv() {
   # The stamp records what was installed, so a changed dependency list reinstalls.
