@@ -20,10 +20,10 @@ def smoke(tmp_path, monkeypatch):
     """Runs experiments/<script>.py --smoke in this process: its commands run in processes forked from
     the server the first script in this worker started (preloaded with torch, pynas and matplotlib:
     ~5 s of CPU that a subprocess per script would spend again on a server of its own)."""
-    def run(script):
-        out = tmp_path / script
+    def run(script, *extra, out_name=None):
+        out = tmp_path / (out_name or script)
         monkeypatch.syspath_prepend(EXPERIMENTS)
-        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--smoke", "--out", str(out)])
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--smoke", "--out", str(out), *extra])
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each command one thread, as a subprocess would have run them
         runpy.run_path(os.path.join(EXPERIMENTS, f"{script}.py"), run_name="__main__")
         return check_smoke_table(script, out)
@@ -107,6 +107,28 @@ def test_single_darts_table1(smoke):
     assert [r["method"] for r in table["rows"]] == ["DARTS", "Single-DARTS", "optimal (benchmark)"]
     for r in table["rows"][:2]:
         assert is_percent(r["val_acc"]) and is_percent(r["test_acc"]) and r["genotypes"][0].startswith("|")
+
+
+def test_single_darts_table1_reads_the_benchmark(smoke, tmp_path):
+    """With --benchmark the table holds the benchmark's numbers of each search's final cell: a first run against a
+    file without those cells stops naming them; with a file (NATS-Bench's simple layout) planting them, they are
+    the table's."""
+    from test_nb201_benchmark import CELLS, write_benchmark
+
+    (tmp_path / "other").mkdir()
+    unrelated = write_benchmark(tmp_path / "other", "nats-simple", CELLS)
+    with pytest.raises(RuntimeError, match="has no record of"):
+        smoke("single_darts_table1", "--benchmark", unrelated, out_name="first")
+    found = sorted({(tmp_path / "first" / run / "genotype.txt").read_text().strip()
+                    for run in ("DARTS-seed0", "Single-DARTS-seed0")})
+    numbers = list(CELLS.values())[:2]  # every dataset planted
+    path = write_benchmark(tmp_path, "nats-simple", dict(zip(found, numbers)))
+    table, _ = smoke("single_darts_table1", "--benchmark", path, out_name="second")
+    for row in table["rows"][:2]:
+        planted = numbers[found.index(row["genotypes"][0])]
+        assert row["test_acc"] == pytest.approx(sum(planted["cifar10_test"]) / 2, abs=1e-9)
+        assert row["val_acc"] == pytest.approx(sum(planted["cifar10_valid"]) / 2, abs=1e-9)
+    assert "pynas benchmark test (%)" in table["columns"]
 
 
 def test_single_darts_table5(smoke):
