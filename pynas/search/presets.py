@@ -49,3 +49,7 @@ for _space in ("s1", "s2", "s3", "s4"):
     PRESETS[f"darts-pt-{_space}"] = dict(DARTS_BASE, space=_space)
     PRESETS[f"darts-pt-{_space}-fixed-alpha"] = dict(DARTS_BASE, space=_space, method="fixed")
 del _space
+# DARTS-PT's NAS-Bench-201 supernets (001 Sec. 5.2, 6.3, Table 4; ruocwang/darts-pt nasbench201/train_search.py,
+# exp_scripts/darts-201.sh, blank-201.sh): DARTS' settings, 100 epochs, N = 5 cells per stage; α trained or fixed.
+PRESETS["darts-pt-nb201"] = dict(DARTS_BASE, space="nb201", layers=15, epochs=100)
+PRESETS["darts-pt-nb201-fixed-alpha"] = dict(DARTS_BASE, space="nb201", layers=15, epochs=100, method="fixed")
