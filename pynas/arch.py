@@ -166,6 +166,7 @@ class Architecture(nn.Module):
             self.register_buffer(f"mask_{t}", self.space.available(t, num_edges))
         self._dropped: Dict[str, torch.Tensor] = {}
         self._noise: Dict[str, torch.Tensor] = {}
+        self._replaced: Dict[str, torch.Tensor] = {}
         # Per cell type, the operations each edge can run under its mask, read to the host
         # once per mask change (see `active`): a step with unchanged masks does no transfer.
         self.mask_versions: Dict[str, int] = {t: 0 for t in self.cell_types}
@@ -304,12 +305,32 @@ class Architecture(nn.Module):
         """:meth:`weights` of several cell types, drawn in the order given. Under
         a hard sample (``gumbel_hard``, ``categorical``) the operations to run of
         all of them (and of the samples drawn ahead, :meth:`sampling_ahead`) come
-        to the host in one device-to-host transfer; the soft relaxations need none."""
+        to the host in one device-to-host transfer; the soft relaxations need none.
+        Within :meth:`replaced`, a replaced cell type's weights are the given ones."""
         for t in cell_types:
             self._check_type(t)
         if self.sample_per == "sample" and batch_size is None:
             raise ValueError("Architecture.weights: sample_per='sample' needs `batch_size`")
         B = batch_size if self.sample_per == "sample" else None
+        relaxed = self._relaxed_of([t for t in cell_types if t not in self._replaced], B)
+        out = {}
+        for t in cell_types:
+            if t in relaxed:
+                w, active = relaxed[t]
+                noise = self._noise.get(t)
+                if noise is not None:
+                    w = _clip_renormalise(w + noise.to(w), self.mask(t))
+            else:
+                w, active = self.replacement(t), self.active(t)
+                if B is not None:
+                    w = w.expand(B, *w.shape)
+            out[t] = self._drop(t, EdgeWeights(w, active, self.edge_weights(t)))
+        return out
+
+    def _relaxed_of(self, cell_types, B) -> Dict[str, tuple]:
+        """Per cell type, ``(weights, active)`` of a fresh relaxation (see :meth:`weights_of`)."""
+        if not cell_types:
+            return {}
         hard = self.relaxation in ("gumbel_hard", "categorical")
         ahead = self._use_drawn_ahead(cell_types, B) if hard else None
         drawn = {t: self._draw(t, B) for t in cell_types}
@@ -326,14 +347,7 @@ class Architecture(nn.Module):
                 active = ahead
         else:
             active = {t: self.active(t) for t in cell_types}
-        out = {}
-        for t in cell_types:
-            w = drawn[t][0]
-            noise = self._noise.get(t)
-            if noise is not None:
-                w = _clip_renormalise(w + noise.to(w), self.mask(t))
-            out[t] = self._drop(t, EdgeWeights(w, active[t], self.edge_weights(t)))
-        return out
+        return {t: (drawn[t][0], active[t]) for t in cell_types}
 
     def _draw(self, cell_type, batch_size):
         return _relax(self.alphas[cell_type], self.mask(cell_type), self.relaxation, self.temperature,
@@ -436,6 +450,44 @@ class Architecture(nn.Module):
         finally:
             self._noise = {}
 
+    def noise(self, cell_type: str) -> Optional[torch.Tensor]:
+        """The noise :meth:`noisy` adds to ``cell_type``'s relaxed weights (None outside it)."""
+        self._check_type(cell_type)
+        return self._noise.get(cell_type)
+
+    @contextlib.contextmanager
+    def replaced(self, weights: Dict[str, torch.Tensor]):
+        """Within the block, the relaxed weights of each cell type in ``weights``
+        are exactly ``weights[cell_type]`` (``[E, K]``, broadcast to ``[B, E, K]``
+        under ``sample_per="sample"``), its masked entries 0: no relaxation, no
+        clip or renormalisation, no :meth:`noisy` noise; the operations to run are
+        those the mask leaves and PC-DARTS' edge weights are as usual. SDARTS-ADV's
+        weight step on the attacked Ā (xiangning-chen/SmoothDARTS
+        sota/cnn/model_search.py ``softmax_arch_parameters`` writes Ā over α for
+        the forward's ``updateType='weight'``); here α itself is untouched. A
+        gradient flows to ``weights[cell_type]`` where it requires one."""
+        for cell_type, w in weights.items():
+            self._check_type(cell_type)
+            if not isinstance(w, torch.Tensor) or w.shape != self.alphas[cell_type].shape:
+                shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+                raise ValueError(f"replaced: weights for {cell_type!r} must have α's shape "
+                                 f"{tuple(self.alphas[cell_type].shape)}, got {shape}")
+        before, self._replaced = self._replaced, dict(weights)
+        try:
+            yield
+        finally:
+            self._replaced = before
+
+    def replacement(self, cell_type: str) -> Optional[torch.Tensor]:
+        """The ``[E, K]`` weights :meth:`replaced` gives ``cell_type``, masked entries
+        0 (None outside it)."""
+        self._check_type(cell_type)
+        w = self._replaced.get(cell_type)
+        if w is None:
+            return None
+        mask = self.mask(cell_type).to(w.device)
+        return torch.where(mask, w, torch.zeros_like(w))
+
     def extra_repr(self):
         return (f"space={self.space.name}, ops={len(self.ops)}, edges={self.num_edges}, "
                 f"relaxation={self.relaxation}, sample_per={self.sample_per}")
@@ -494,14 +546,19 @@ def _relax(alpha, mask, relaxation, temperature=1.0, generator=None, batch_size=
 
 
 def _clip_renormalise(w, mask):
-    """Each edge's weights clipped to [0, 1] and scaled to sum 1; an edge clipped to
-    all zeros keeps its largest entry as 1. Unavailable entries and removed edges stay 0."""
+    """Each edge's weights clipped to [0, 1] and divided by their sum; an edge
+    clipped to all zeros keeps its largest entry (before the clip, the first of
+    ties) as 1. Unavailable entries and removed edges stay 0. SmoothDARTS' ``clip``
+    (xiangning-chen/SmoothDARTS sota/cnn/model_search.py:170-177: argmax, clamp,
+    the argmax set to 1 where the row sums to 0, divide by the row sum)."""
     clipped = w.clamp(0, 1) * mask
     # (Not F.one_hot: outside CUDA it checks its indices with two host reads.)
     largest = torch.zeros_like(w).scatter_(-1, w.masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True), 1.0)
     total = clipped.sum(-1, keepdim=True)
-    clipped = torch.where(total > 0, clipped, largest * mask)
-    return clipped / clipped.sum(-1, keepdim=True).clamp_min(1e-12)
+    positive = total > 0
+    clipped = torch.where(positive, clipped, largest * mask)
+    # The actual sum however small; 1 where the row is now one-hot or, an edge the mask removed, all 0.
+    return clipped / torch.where(positive, total, torch.ones_like(total))
 
 
 def _active_from_mask(mask):
