@@ -143,15 +143,26 @@ class EagerSupernet:
         return model.classifier(model.global_pooling(s1).flatten(1))
 
     def relaxed_weights(self, cell_type: str, batch_size: int):
-        """``(weights [E, K] or [B, E, K], active)``: per edge the ops to run (None: all)."""
+        """``(weights [E, K] or [B, E, K], active)``: per edge the ops to run (None: all).
+        The architecture's overrides as its own forward reads them: the weights of
+        ``arch.replaced`` (SDARTS-ADV), softmax(α) plus ``arch.noisy``'s noise,
+        clipped and renormalised (SDARTS-RS)."""
         arch = self.model.arch
         if not bool(arch.mask(cell_type).all()):
             raise ValueError("EagerSupernet: every edge must have every operation (no masks)")
-        alpha = arch.alphas[cell_type]
+        from ..arch import _clip_renormalise
+
+        replaced, noise = arch.replacement(cell_type), arch.noise(cell_type)
+        alpha = arch.alphas[cell_type] if replaced is None else replaced
         if arch.sample_per == "sample":
             alpha = alpha.expand(batch_size, *alpha.shape)
+        if replaced is not None:  # the weights themselves, not relaxed
+            return alpha, None
+        if noise is not None and arch.relaxation != "softmax":
+            raise ValueError(f"EagerSupernet: noise on relaxation {arch.relaxation!r} is not covered (softmax only)")
         if arch.relaxation == "softmax":
-            return F.softmax(alpha, dim=-1), None
+            w = F.softmax(alpha, dim=-1)
+            return (w if noise is None else _clip_renormalise(w + noise.to(w), arch.mask(cell_type))), None
         if arch.relaxation == "sigmoid":
             return torch.sigmoid(alpha), None
         if arch.relaxation not in ("gumbel", "gumbel_hard"):
