@@ -278,38 +278,60 @@ def _edge_groups(num_edges: int, inputs: int = 2) -> Tuple[int, List[List[int]]]
     return steps, groups
 
 
+# The derivation rules :func:`derive_cell` knows.
+RULES = ("darts", "snas", "threshold")
+
+
+def _check_threshold(threshold) -> float:
+    """FairDARTS' op threshold: a number strictly between 0 and 1 (σ(α) lies there)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+        raise ValueError(f"`threshold` must be a number in (0, 1), got {quoted(threshold, 40)}")
+    return float(threshold)
+
+
 def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", k: int = 2,
-                mask: torch.Tensor = None) -> Tuple[List[Pair], List[int]]:
+                mask: torch.Tensor = None, threshold: float = 0.85) -> Tuple[List[Pair], List[int]]:
     """(pairs, concat) of one cell from its ``[E, K]`` relaxed weights.
 
     - ``darts``: per node, the ``k`` incoming edges whose best non-``none`` weight
       is largest; each keeps its argmax excluding ``none`` (two-input form).
     - ``snas``: every edge whose argmax is not ``none`` (edge-all form, with
       ``none`` where an edge is dropped); a node may keep any number of edges.
+    - ``threshold``: FairDARTS' ``threshold_sparse`` (xiaomi-automl/FairDARTS,
+      fairdarts/utils.py:161-184): the ``darts`` ranking (top ``k`` edges per node
+      by their largest weight, ties to the lower input), each edge kept with its
+      argmax only if that weight is ``>= threshold`` (edge-all form). A node may
+      keep 0, 1 or 2 edges; the child network drops nodes left without input.
+      FairDARTS' space has no ``none``; here ``none`` is left out as in ``darts``.
 
     Masked-out entries (``mask``) are never chosen; a DARTS cell in which some
-    node keeps fewer than two edges is written in the edge-all form.
+    node keeps fewer than two edges is written in the edge-all form. The concat
+    lists every node (those without input are dropped by the child network).
     """
-    w = weights.detach().float().cpu()
+    if rule not in RULES:
+        raise ValueError(f"derivation rule must be one of {RULES}, got {rule!r}")
+    threshold = _check_threshold(threshold)
+    w = weights.detach().cpu().double()  # exact for any input precision: the threshold is compared as given
     if mask is not None:
         w = w.masked_fill(~mask.cpu(), float("-inf"))
     steps, groups = _edge_groups(w.size(0))
     none = ops.index("none") if "none" in ops else None
     chosen: List[List[Pair]] = []  # per node, its kept (op, input) pairs
     for rows in groups:
-        if rule == "darts":
+        if rule in ("darts", "threshold"):
             w_ops = w[rows].clone()
             if none is not None:
                 w_ops[:, none] = float("-inf")
             strength = w_ops.max(-1).values
             # Strongest first, as DARTS lists them; removed edges are never kept.
             order = [j for j in strength.argsort(descending=True, stable=True).tolist() if strength[j] > float("-inf")]
-            chosen.append([(ops[int(w_ops[j].argmax())], j) for j in order[:k]])
-        elif rule == "snas":
+            top = order[:k]
+            if rule == "threshold":  # an edge's strength is its argmax's weight
+                top = [j for j in top if strength[j] >= threshold]
+            chosen.append([(ops[int(w_ops[j].argmax())], j) for j in top])
+        else:
             chosen.append([(ops[int(w[r].argmax())], j) for j, r in enumerate(rows)
                            if w[r].max() > float("-inf") and ops[int(w[r].argmax())] != "none"])
-        else:
-            raise ValueError(f"derivation rule must be 'darts' or 'snas', got {rule!r}")
     if rule == "darts" and all(len(node) == k == 2 for node in chosen):
         pairs = [p for node in chosen for p in node]
     else:  # edge-all form: every edge in order, `none` where it is not kept
@@ -320,13 +342,15 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
     return pairs, list(range(2, 2 + steps))
 
 
-def derive_genotype(arch, rule: str = "darts") -> Genotype:
+def derive_genotype(arch, rule: str = "darts", threshold: float = 0.85) -> Genotype:
     """The genotype of an :class:`~pynas.arch.Architecture` with ``normal`` and
     ``reduce`` cells, read from its deterministic relaxation of α (times each
-    edge's normalisation weight where it has β, as PC-DARTS' ``genotype()``)."""
+    edge's normalisation weight where it has β, as PC-DARTS' ``genotype()``);
+    ``threshold`` is the ``threshold`` rule's (FairDARTS ranks σ(α), model_search.py:151)."""
     cells: Dict[str, Tuple] = {}
     for cell_type in ("normal", "reduce"):
-        cells[cell_type] = derive_cell(arch.derivation_weights(cell_type), arch.ops, rule, mask=arch.mask(cell_type))
+        cells[cell_type] = derive_cell(arch.derivation_weights(cell_type), arch.ops, rule, mask=arch.mask(cell_type),
+                                       threshold=threshold)
     return Genotype(cells["normal"][0], cells["normal"][1], cells["reduce"][0], cells["reduce"][1])
 
 

@@ -36,9 +36,12 @@ class EvalCell(nn.Module):
     def __init__(self, genotype: Genotype, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool):
         super().__init__()
         cell_type = "reduce" if reduction else "normal"
-        nodes, self.concat = live_nodes(genotype.nodes(cell_type), getattr(genotype, f"{cell_type}_concat"))
+        concat = getattr(genotype, f"{cell_type}_concat")
+        nodes, self.concat = live_nodes(genotype.nodes(cell_type), concat)
         if not self.concat:
-            raise ValueError(f"genotype {cell_type} cell: no concatenated node has an input")
+            # e.g. FairDARTS' threshold rule when no edge of the cell passes the threshold
+            raise ValueError(f"genotype {cell_type} cell has no output: no node of {cell_type}_concat {list(concat)} "
+                             f"has an input (every edge to it is `none` or comes from a node without input)")
         self.reduction = reduction
         self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)
