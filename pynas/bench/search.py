@@ -116,8 +116,10 @@ class EagerSupernet:
     a node is the Python sum of its edges; relaxed weights are computed in
     Python (softmax, sigmoid, Gumbel-softmax with ``noise``, straight-through
     one-hot for ``gumbel_hard``). Hard samples run the selected operation only,
-    as GDAS' code does (running all would change the gradient to α). Covers
-    spaces where every edge has every op. Use as
+    as GDAS' code does (running all would change the gradient to α). With the
+    network's ``aux_skip``, each edge adds ``β · aux(x)`` as DARTS-' ``MixedOp``
+    does (Meituan-AutoML/DARTS- src/search/model_search.py:40-45), β read from
+    ``model.aux_weight``. Covers spaces where every edge has every op. Use as
     ``strategy.forward = EagerSupernet(model)``.
     """
 
@@ -181,10 +183,14 @@ class EagerSupernet:
         e = 0
         for _ in range(cell.steps):
             node = sum(self.edge(cell.edges[e + j], h, weights[..., e + j, :], None if active is None else active[e + j])
-                       for j, h in enumerate(states))
+                       + self.aux(cell, e + j, h) for j, h in enumerate(states))
             e += len(states)
             states.append(node)
         return torch.cat([states[n] for n in cell.concat], dim=1)
+
+    def aux(self, cell, e, x):
+        """DARTS-' ``auxiliary_op(x) * decay_rate`` of edge ``e`` (0 without aux_skip)."""
+        return 0 if cell.aux_skips is None else self.model.aux_weight * cell.aux_skips[e](x)
 
     @staticmethod
     def edge(mixed, x, weights, active):

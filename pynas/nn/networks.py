@@ -1,6 +1,8 @@
 """Supernets: the DARTS CIFAR search network (any C, depth, nodes, classes,
 input channels or image size) and a network of the wiring paper's minimal cells."""
 import contextlib
+import math
+import numbers
 from typing import Dict, Iterator, Optional, Sequence
 
 import torch
@@ -33,15 +35,24 @@ class SearchNetwork(nn.Module):
     second forward of every cell.
     ``partial_channels`` K > 1: PC-DARTS (partial channel connections on every
     edge, and β's edge normalisation in a new ``arch``); K must divide C.
+    ``aux_skip``: DARTS-' auxiliary skip connection on every edge of every cell
+    (:class:`~pynas.nn.SearchCell`, ``cell.aux_skips``), weighted by one β for the
+    whole network: the 0-d buffer ``aux_weight`` (1.0 at first, DARTS-' ``--skip_beta``
+    default), set by :meth:`set_aux_weight` (DARTS-' code sets it once per epoch,
+    src/search/train_search.py:107-108). It is not part of α: :meth:`arch_parameters`
+    is unchanged and the stride-2 aux modules' parameters are weight parameters.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
                  inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
                  channels_last: Optional[bool] = None, classifier_bias: bool = True, partial_channels: int = 1,
-                 checkpoint_cells: bool = False, **arch_kwargs):
+                 checkpoint_cells: bool = False, aux_skip: bool = False, **arch_kwargs):
         super().__init__()
         self.C = C
+        if not isinstance(aux_skip, bool):
+            raise ValueError(f"SearchNetwork: `aux_skip` must be True or False, got {aux_skip!r}")
+        self.aux_skip = aux_skip
         check_partial_channels(partial_channels, C, "SearchNetwork: `partial_channels`")
         # The operations' convolutions see C/K channels: what the channels-last choice depends on.
         self.min_channels = C // partial_channels
@@ -67,7 +78,8 @@ class SearchNetwork(nn.Module):
                 C_curr *= 2
             cell_type = "reduce" if reduction else "normal"
             cell = SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev, space.ops,
-                              available=self.arch.mask(cell_type), inputs=inputs, partial_channels=partial_channels)
+                              available=self.arch.mask(cell_type), inputs=inputs, partial_channels=partial_channels,
+                              aux_skip=aux_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, len(cell.concat) * C_curr
@@ -77,6 +89,19 @@ class SearchNetwork(nn.Module):
         self.record_edge_weights = False
         self.checkpoint_cells = bool(checkpoint_cells)
         self.last_edge_weights = []
+        if aux_skip:  # a buffer: in the model's dtype and device, in its state dict, and updated in place
+            self.register_buffer("aux_weight", torch.tensor(1.0))
+
+    def set_aux_weight(self, value: float) -> None:
+        """Sets DARTS-' β, the weight of every edge's auxiliary skip, in place (a
+        captured CUDA graph reads the same buffer). ``value``: a finite number >= 0."""
+        if not self.aux_skip:
+            raise ValueError("SearchNetwork.set_aux_weight: the network has no auxiliary skip (build it with "
+                             "aux_skip=True)")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"SearchNetwork.set_aux_weight: `value` must be a finite number >= 0, got {value!r}")
+        with torch.no_grad():
+            self.aux_weight.fill_(float(value))
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         arch = {id(p) for p in self.arch.parameters()}
@@ -100,8 +125,12 @@ class SearchNetwork(nn.Module):
             w = shared[cell_type]
             if self.record_edge_weights:
                 self.last_edge_weights.append(w.weights)
-            s0, s1 = s1, cell(s0, s1, w.weights, w.active, w.edge)
+            s0, s1 = s1, cell(s0, s1, w.weights, w.active, w.edge, self._aux_weight())
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def _aux_weight(self) -> Optional[torch.Tensor]:
+        """β for the cells: the buffer with ``aux_skip``, else None."""
+        return self.aux_weight if self.aux_skip else None
 
     def _cell_runs(self):
         """The cells as this forward calls them: inside ``saves_recomputed`` (so the
@@ -165,5 +194,5 @@ def forward_with_weights(model: SearchNetwork, x: torch.Tensor, cell_weights: Se
         raise ValueError(f"forward_with_weights: {len(cell_weights)} weights for {len(model.cells)} cells")
     s0 = s1 = model.stem(x)
     for cell, w in zip(model.cells, cell_weights):
-        s0, s1 = s1, cell(s0, s1, w.weights, w.active)
+        s0, s1 = s1, cell(s0, s1, w.weights, w.active, aux_weight=model._aux_weight())
     return model.classifier(model.global_pooling(s1).flatten(1))
