@@ -131,6 +131,46 @@ def test_single_darts_table1_reads_the_benchmark(smoke, tmp_path):
     assert "pynas benchmark test (%)" in table["columns"]
 
 
+def test_darts_pt_nb201_reads_each_selected_cell_from_the_benchmark(smoke, tmp_path):
+    """DARTS-PT Table 4's NAS-Bench-201 row: a first run against a file without the selected cells stops naming
+    them; rerun (its searches and selections kept) with a file (NATS-Bench's simple layout) planting them, each
+    row's test error is 100 − the planted CIFAR-10 test accuracy (mean of the file's two seeds), and PT decided
+    each of NB201's 6 edges once among its 5 operations (`none` included)."""
+    from test_nb201_benchmark import CELLS, write_benchmark
+
+    (tmp_path / "other").mkdir()
+    unrelated = write_benchmark(tmp_path / "other", "nats-simple", CELLS)
+    with pytest.raises(RuntimeError, match="has no record of"):
+        smoke("darts_pt_nb201", "--benchmark", unrelated, out_name="nb201")
+    runs = {"DARTS": ("darts-pt-nb201", "nb201"), "DARTS+PT": ("darts-pt-nb201", "pt"),
+            "DARTS+PT (fix α)": ("darts-pt-nb201-fixed-alpha", "pt")}
+    cells = {row: json.load(open(tmp_path / "nb201" / f"{sup}-seed0" / f"select-{sel}" / "benchmark.json"))["cell"]
+             for row, (sup, sel) in runs.items()}
+    planted = {cell: {"cifar10_test": (80.0 + 3 * i, 82.5 + 3 * i)} for i, cell in enumerate(sorted(set(cells.values())))}
+    path = write_benchmark(tmp_path, "nats-simple", planted)
+    table, out = smoke("darts_pt_nb201", "--benchmark", path, out_name="nb201")
+    assert [(r["method"], r["paper test error (%)"]) for r in table["rows"]] == [
+        ("DARTS", 45.7), ("DARTS+PT", 11.89), ("DARTS+PT (fix α)", 6.20)]  # 001 Table 4
+    for row in table["rows"]:
+        sup, sel = runs[row["method"]]
+        assert row["cells"] == [cells[row["method"]]]
+        assert row["test_error"] == pytest.approx(100 - sum(planted[row["cells"][0]]["cifar10_test"]) / 2, abs=1e-9)
+        assert json.load(open(out / f"{sup}-seed0" / "config.json"))["method"] == (
+            "fixed" if "fix" in row["method"] else "darts")
+        if sel == "pt":
+            trail = json.load(open(out / f"{sup}-seed0" / "select-pt" / "pt_trail.json"))
+            assert sorted(r["edge"] for r in trail) == list(range(6))
+            assert all(len(r["scores_without"]) == 5 for r in trail) and len(row["pt_rounds"][0]) == 6
+    darts_argmax = (out / "darts-pt-nb201-seed0" / "genotype.txt").read_text().strip()
+    assert table["rows"][0]["cells"][0] == canonical_cell(darts_argmax)
+
+
+def canonical_cell(cell):
+    """A NAS-Bench-201 string with each node's edges in input order (the benchmark's key)."""
+    nodes = [sorted(node.strip("|").split("|"), key=lambda edge: int(edge.split("~")[1])) for node in cell.split("+")]
+    return "+".join("|" + "|".join(node) + "|" for node in nodes)
+
+
 def test_single_darts_table5(smoke):
     table, out = smoke("single_darts_table5")
     assert len(table["rows"]) == 15
