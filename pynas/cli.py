@@ -42,7 +42,11 @@ def _add_select_arguments(parser):
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a search run directory")
     parser.add_argument("--epoch", type=int, default=None,
                         help="the checkpoint the search kept after this epoch (--keep-every; default: the latest)")
-    parser.add_argument("--method", choices=("magnitude", "snas", "nb201", "pt", "pt-mag"), default="pt")
+    parser.add_argument("--method", choices=("magnitude", "snas", "threshold", "nb201", "pt", "pt-mag"), default="pt",
+                        help="a rule on α (magnitude: DARTS' top-2; snas: child graph; threshold: FairDARTS' σ >= "
+                             "--threshold; nb201: argmax per edge) or DARTS-PT's perturbation-based selection")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="--method threshold: the σ an edge's operation must reach (default: the run's, 0.85)")
     parser.add_argument("--crit", choices=("acc", "loss"), default="acc")
     parser.add_argument("--tune-epochs", type=int, default=5)
     parser.add_argument("--val-batches", type=int, default=None, help="validation batches per measurement (all)")
@@ -70,8 +74,11 @@ def _select(args):
             raise InputError(f"--benchmark looks up NAS-Bench-201 cells; {args.run} searched --space {cfg.space}")
         bench = open_benchmark(args.benchmark) if args.benchmark is not None else None
         out = args.out or os.path.join(args.run, f"select-{args.method}")
-        if args.method in ("magnitude", "snas", "nb201"):
-            genotype = select_by_rule(model, args.method)
+        if args.threshold is not None and args.method != "threshold":
+            raise InputError(f"--threshold applies to --method threshold, not {args.method}")
+        if args.method in ("magnitude", "snas", "threshold", "nb201"):
+            threshold = cfg.threshold if args.threshold is None else args.threshold
+            genotype = select_by_rule(model, args.method, threshold=threshold)
         else:
             # α keeps training with the search's Adam state (DARTS-PT's code resumes the search's architect).
             checkpoint = (os.path.join(args.run, "checkpoint.pt") if args.epoch is None
@@ -82,7 +89,7 @@ def _select(args):
                              phases=[p for p in args.phases.split(",") if p], magnitude=args.method == "pt-mag",
                              fixed_alpha=cfg.method in ("fixed", "uniform"), device=cfg.device,
                              log=(lambda *a: None) if args.quiet else print,
-                             strategy=tuning_strategy(cfg.method, cfg.epsilon_alpha, cfg.seed + 2),
+                             strategy=tuning_strategy(cfg, image_size=train_data[0][0].shape[-1]),
                              arch_state=search_state["strategy"].get("a_opt"),
                              progress=Progress(quiet=args.quiet, log_every=args.log_every), benchmark=bench)
             if pt.resume():

@@ -100,12 +100,12 @@ def capturable_on_cpu(monkeypatch):
 
 def search(method, device="cpu", dtype=torch.float64, **kw):
     """A small supernet and its strategy, seeded (two calls give equal ones)."""
-    _, relaxation, arch_kwargs = METHODS[method]
+    m = METHODS[method]
     torch.manual_seed(0)
     model = SearchNetwork(C=4, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1,
                           generator=torch.Generator(device).manual_seed(0),
-                          **{"relaxation": relaxation, **arch_kwargs, **kw}).to(device, dtype)
-    strategy = METHODS[method][0](model, SearchConfig(epochs=2), 4)
+                          **{"relaxation": m.relaxation, **m.architecture_options(), **kw}).to(device, dtype)
+    strategy = m.strategy(model, SearchConfig(epochs=2), 4)
     make_capturable(strategy.a_opt)
     return model, strategy
 

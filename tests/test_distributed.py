@@ -10,10 +10,10 @@ from pynas.search import reduction, strategies
 
 
 def tiny(method):
-    _, relaxation, kw = METHODS[method]
+    m = METHODS[method]
     torch.manual_seed(0)
-    return SearchNetwork(C=4, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation=relaxation,
-                         generator=torch.Generator().manual_seed(0), **kw)
+    return SearchNetwork(C=4, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation=m.relaxation,
+                         generator=torch.Generator().manual_seed(0), aux_skip=m.aux_skip, **m.architecture_options())
 
 
 def batch(seed):
@@ -48,7 +48,7 @@ class _Done:
 
 def gradients_after_step(method, monkeypatch, bucket_bytes=None, calls=None, overlap=False):
     model = tiny(method)
-    strategy = METHODS[method][0](model, SearchConfig(epochs=1), 10)
+    strategy = METHODS[method].strategy(model, SearchConfig(epochs=1), 10)
     strategy.overlap_reduction = overlap
     strategy.w_opt.step = lambda *a, **k: None  # keep the gradients as the optimisers would see them
     strategy.a_opt.step = lambda *a, **k: None

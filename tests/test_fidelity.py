@@ -284,8 +284,8 @@ def test_every_run_option_is_on_the_command_line_with_its_default(capsys):
         main(["search", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # help lines wrap anywhere
     for f in dataclasses.fields(RunConfig):
-        if f.name == "sgas_pt":
-            assert "--pt " in text
+        if f.name in ("sgas_pt", "regularizers"):  # options named apart from their field
+            assert {"sgas_pt": "--pt ", "regularizers": "--regularizer "}[f.name] in text
             continue
         assert f"--{f.name.replace('_', '-')}" in text, f.name
     assert text.count("(default:") >= len(dataclasses.fields(RunConfig)) - 2
@@ -324,13 +324,14 @@ def test_uniform_method_trains_weights_under_uniform_single_op_samples():
     # The wiring paper's Fig. 4b: θ trained with α fixed, one operation per edge drawn uniformly, `none` included.
     from collections import Counter
 
-    from pynas.search.strategies import METHODS
+    from pynas.search.methods import METHODS
 
-    cls, relaxation, kwargs = METHODS["uniform"]
+    uniform = METHODS["uniform"]
     torch.manual_seed(0)
-    model = SearchNetwork(C=2, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1, relaxation=relaxation,
-                          generator=torch.Generator().manual_seed(0), **kwargs)
-    strategy = cls(model, SearchConfig(epochs=1), 1)
+    model = SearchNetwork(C=2, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1,
+                          relaxation=uniform.relaxation, generator=torch.Generator().manual_seed(0),
+                          **uniform.architecture_options())
+    strategy = uniform.strategy(model, SearchConfig(epochs=1), 1)
     counts = Counter()
     for _ in range(400):
         w = model.arch.weights("normal")

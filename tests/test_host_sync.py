@@ -41,9 +41,9 @@ def counted_reads(monkeypatch):
 
 
 def network(method, C=8, layers=3, **kw):
-    _, relaxation, arch_kwargs = METHODS[method]
+    m = METHODS[method]
     torch.manual_seed(0)
-    kw = {"relaxation": relaxation, **arch_kwargs, **kw}
+    kw = {"relaxation": m.relaxation, "aux_skip": m.aux_skip, **m.architecture_options(), **kw}
     return SearchNetwork(C=C, num_classes=3, layers=layers, steps=2, multiplier=2, in_channels=1,
                          generator=torch.Generator().manual_seed(0), **kw)
 
@@ -56,7 +56,7 @@ def batches(n):
 @pytest.mark.parametrize("method", SOFT + HARD)
 def test_a_search_step_reads_the_device_at_most_once(method, monkeypatch):
     model = network(method)
-    strategy = METHODS[method][0](model, SearchConfig(epochs=1), 10)
+    strategy = METHODS[method].strategy(model, SearchConfig(epochs=1), 10)
     data = batches(4)
     strategy.step(data[0], data[1])  # the first step may read (masks moved, no sample drawn ahead yet)
     with counted_reads(monkeypatch) as calls:
@@ -76,7 +76,7 @@ def test_hard_samples_of_every_cell_type_come_in_one_transfer_and_the_same_as_wi
 
     def run(ahead):
         model = network(method)
-        strategy = METHODS[method][0](model, SearchConfig(epochs=1), 10)
+        strategy = METHODS[method].strategy(model, SearchConfig(epochs=1), 10)
         if not ahead:
             model.arch.sampling_ahead = lambda enabled=True: contextlib.nullcontext()
         actives = []
@@ -97,7 +97,7 @@ def test_hard_samples_of_every_cell_type_come_in_one_transfer_and_the_same_as_wi
 
 def test_epoch_end_rewinds_a_sample_drawn_ahead():
     model = network("gdas")
-    strategy = METHODS["gdas"][0](model, SearchConfig(epochs=1), 10)
+    strategy = METHODS["gdas"].strategy(model, SearchConfig(epochs=1), 10)
     data = batches(2)
     before = model.arch.generator.get_state()
     strategy.arch_step(data[0], data[1])

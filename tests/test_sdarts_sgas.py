@@ -13,7 +13,8 @@ from pynas.nn import SearchNetwork
 from pynas.search import SearchConfig
 from pynas.search.config import RunConfig
 from pynas.search.run import SearchRun
-from pynas.search.strategies import SdartsRS, Sgas, sgas_scores
+from pynas.search.parts import RandomSmoothing
+from pynas.search.strategies import DartsFirstOrder, Sgas, sgas_scores
 
 
 def tiny(steps=2):
@@ -51,11 +52,11 @@ def record_weights(model, strategy):
 
 def test_sdarts_rs_perturbs_the_weight_step_only_within_epsilon():
     model = tiny()
-    strategy = SdartsRS(model, SearchConfig(epochs=4), steps_per_epoch=2, epsilon=0.3)
+    strategy = DartsFirstOrder(model, SearchConfig(epochs=4), steps_per_epoch=2, perturbation=RandomSmoothing(0.3))
     seen = record_weights(model, strategy)
     for i in range(6):  # three epochs
         eps = 0.03 + (0.3 - 0.03) * (i // 2) / 4
-        assert strategy.current_epsilon() == pytest.approx(eps)
+        assert strategy.perturbation.current_epsilon(strategy) == pytest.approx(eps)
         seen.clear()
         clean = {t: model.arch.probabilities(t).detach().clone() for t in model.arch.cell_types}
         strategy.step(batch(2 * i), batch(2 * i + 1))
@@ -65,7 +66,7 @@ def test_sdarts_rs_perturbs_the_weight_step_only_within_epsilon():
             if phase == "arch_step":
                 assert torch.equal(w, clean[t])
             else:
-                noise = strategy.last_noise[t]
+                noise = strategy.perturbation.last_noise[t]
                 assert float(noise.abs().max()) <= eps and float(noise.abs().min()) > 0
                 # the weights after this step's α update, perturbed, clipped and renormalised
                 expected = (updated[t] + noise).clamp(0, 1)

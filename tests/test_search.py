@@ -104,9 +104,9 @@ def test_second_order_alpha_gradient_matches_exact_hessian_vector_product(monkey
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_and_moves_what_it_should(method):
-    strategy_cls, relaxation, arch_kwargs = METHODS[method]
-    model = tiny(relaxation, **arch_kwargs)
-    strategy = strategy_cls(model, SearchConfig(epochs=1), 3)
+    m = METHODS[method]
+    model = tiny(m.relaxation, aux_skip=m.aux_skip, **m.architecture_options())
+    strategy = m.strategy(model, SearchConfig(epochs=1), 3)
     alpha0 = [a.detach().clone() for a in model.arch_parameters()]
     for i in range(3):
         m = strategy.step(batch(2 * i), batch(2 * i + 1))

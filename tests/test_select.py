@@ -221,15 +221,19 @@ def test_pt_candidates_include_none_except_in_the_darts_space():
 
 
 def test_pt_fine_tunes_the_way_the_supernet_was_searched():
-    from pynas.search import DartsFirstOrder, DartsSecondOrder, FixedAlpha, SearchConfig
-    from pynas.search.strategies import SdartsRS
+    from pynas.search import DartsFirstOrder, DartsSecondOrder, FixedAlpha, RandomSmoothing, SearchConfig
+    from pynas.search.config import RunConfig
     from pynas.select.pt import tuning_strategy
 
-    assert tuning_strategy("darts-2nd") is DartsSecondOrder and tuning_strategy("fixed") is FixedAlpha
-    assert tuning_strategy("sgas") is DartsFirstOrder
-    model, _, _ = tiny_setup()
-    sdarts = tuning_strategy("sdarts-rs", epsilon_alpha=0.3)(model, SearchConfig(epochs=5), 3)
-    assert isinstance(sdarts, SdartsRS) and sdarts.current_epsilon() == 0.3  # the full ε, as DARTS-PT's code
+    def tuned(method, **kw):
+        model, _, _ = tiny_setup()
+        return tuning_strategy(RunConfig.for_method(method, **kw))(model, SearchConfig(epochs=5), 3)
+
+    assert type(tuned("darts-2nd")) is DartsSecondOrder and type(tuned("fixed")) is FixedAlpha
+    assert type(tuned("sgas")) is DartsFirstOrder
+    sdarts = tuned("sdarts-rs", epsilon_alpha=0.3)
+    assert isinstance(sdarts.perturbation, RandomSmoothing)
+    assert sdarts.perturbation.current_epsilon(sdarts) == 0.3  # the full ε, as DARTS-PT's code
 
 
 def test_pt_keeps_the_searchs_alpha_optimiser_and_a_constant_lr(tmp_path):
@@ -242,7 +246,7 @@ def test_pt_keeps_the_searchs_alpha_optimiser_and_a_constant_lr(tmp_path):
     cfg, model, train, val = load_run(str(run))
     state = torch.load(run / "checkpoint.pt", weights_only=True)["strategy"]["a_opt"]
     pt = PTSelection(model, train, val, str(tmp_path / "pt"), tune_epochs=1, batch_size=256, val_batches=1,
-                     strategy=tuning_strategy(cfg.method), arch_state=state, log=lambda *a: None)
+                     strategy=tuning_strategy(cfg), arch_state=state, log=lambda *a: None)
     steps_before = [float(s["step"]) for s in pt.strategy.a_opt.state.values()]
     assert steps_before and all(s == float(state["state"][0]["step"]) > 0 for s in steps_before)
     pt.fine_tune(2)

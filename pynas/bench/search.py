@@ -49,10 +49,13 @@ import torch
 import torch.nn.functional as F
 
 from .ops import device_name
+from ..arch import _clip_renormalise
 from ..io import write_json
 from ..nn.ops import plain_forms, recompute_depthwise, save_memory
 
-METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
+# The seed methods (timed by default) and the DARTS family beyond them (with --methods NAME ...).
+SEED_METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
+METHODS = SEED_METHODS + ("fairdarts", "beta-darts", "darts-minus", "sdarts-adv")
 PATHS = ("eager", "fused")
 # The layout both paths compute in: `auto` is each path's own (fused: channels-last on CPU for
 # C >= 8, NCHW on CUDA; eager: NCHW, as public code), the others force it on both.
@@ -71,9 +74,9 @@ CIFAR10_TRAIN_IMAGES, SEARCH_EPOCHS = 50_000, 50
 def search_hours(method: str, batch_size: int, step_ms: float) -> float:
     """Hours of the training steps of a 50-epoch CIFAR-10 search at ``step_ms``
     per step (the per-epoch validation pass not counted)."""
-    from ..search.strategies import METHODS as STRATEGIES
+    from ..search.methods import METHODS as COMPOSITIONS
 
-    images = CIFAR10_TRAIN_IMAGES // 2 if STRATEGIES[method][0].bilevel else CIFAR10_TRAIN_IMAGES
+    images = CIFAR10_TRAIN_IMAGES // 2 if COMPOSITIONS[method].bilevel else CIFAR10_TRAIN_IMAGES
     return SEARCH_EPOCHS * math.ceil(images / batch_size) * step_ms / 3.6e6
 
 Noise = Callable[[torch.Size, torch.dtype, torch.device], torch.Tensor]
@@ -152,7 +155,6 @@ class EagerSupernet:
         arch = self.model.arch
         if not bool(arch.mask(cell_type).all()):
             raise ValueError("EagerSupernet: every edge must have every operation (no masks)")
-        from ..arch import _clip_renormalise
 
         replaced, noise = arch.replacement(cell_type), arch.noise(cell_type)
         alpha = arch.alphas[cell_type] if replaced is None else replaced
@@ -213,14 +215,17 @@ def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, s
     computing in ``layout`` (one of :data:`LAYOUTS`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    from ..search.build import build_model
+    from ..search.build import build_model, strategy_options
     from ..search.config import RunConfig
-    from ..search.strategies import METHODS as STRATEGIES, SearchConfig
+    from ..search.methods import METHODS as COMPOSITIONS
+    from ..search.strategies import SearchConfig
 
     torch.manual_seed(seed)
-    cfg = RunConfig(space="darts", method=method, C=C, layers=layers, seed=seed, device=str(device))
-    model = build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3)).to(device=device, dtype=dtype)
-    strategy = STRATEGIES[method][0](model, SearchConfig(), steps_per_epoch)
+    # The method's own space (the DARTS space, without `none` where its authors searched so) and parts.
+    cfg = RunConfig.for_method(method, C=C, layers=layers, seed=seed, device=str(device))
+    info = SimpleNamespace(num_classes=10, in_channels=3, image_size=None)
+    model = build_model(cfg, info).to(device=device, dtype=dtype)
+    strategy = COMPOSITIONS[method].order(model, SearchConfig(), steps_per_epoch, **strategy_options(cfg, info))
     if layout != "auto":
         model.channels_last = layout == "channels-last"
     return model, strategy
@@ -470,13 +475,13 @@ def loader_ms_per_step(method: str, batch_size: int, image_size: int, batches: i
     augmentation (pad, crop, flip) of random uint8 images of the benchmark's size,
     two batches for a bi-level step (``pynas.data.seconds_per_batch``)."""
     from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageDataset, loader, seconds_per_batch
-    from ..search.strategies import METHODS as STRATEGIES
+    from ..search.methods import METHODS as COMPOSITIONS
 
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (batch_size * batches, 3, image_size, image_size), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (batch_size * batches,), generator=g)
     data = ImageDataset(images, labels, CIFAR10_MEAN, CIFAR10_STD, train=True)
-    per_step = 2 if STRATEGIES[method][0].bilevel else 1
+    per_step = 2 if COMPOSITIONS[method].bilevel else 1
     return 1e3 * per_step * seconds_per_batch(loader(data, batch_size, seed, 0), batches)
 
 
@@ -830,7 +835,8 @@ def format_table(result: dict) -> str:
 def add_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     parser.add_argument("--quick", action="store_true", help=f"CPU size: batch {QUICK['batch_size']}")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(SEED_METHODS),
+                        help="(default: the seed methods; the DARTS family beyond them by name)")
     for name in ("batch_size", "C", "layers", "image_size", "warmup", "steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                             help=f"override the size (full: {FULL[name]}, quick: {QUICK[name]})")

@@ -17,7 +17,9 @@ from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_fr
 from ..nn.ops import save_memory
 from .config import RunConfig, read_run_config
 from .cost import ResourceConstraint
-from .strategies import METHODS, SearchConfig
+from .methods import METHODS, default_perturbation
+from .parts import AuxSkipDecay, build_terms
+from .strategies import SearchConfig
 
 
 def build_model(cfg: RunConfig, info):
@@ -35,27 +37,20 @@ def build_model(cfg: RunConfig, info):
                             in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
     if cfg.space == "minimal":
         return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
-                                    relaxation=relaxation, partial_channels=cfg.partial_channels, **arch_kwargs)
+                                    relaxation=relaxation, partial_channels=cfg.partial_channels,
+                                    aux_skip=cfg.aux_skip, **arch_kwargs)
     space = s1_space(cfg.s1_from) if cfg.space == "s1-from-run" else cfg.space
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
                          space=space, in_channels=info.in_channels, relaxation=relaxation,
-                         partial_channels=cfg.partial_channels, **arch_kwargs)
+                         partial_channels=cfg.partial_channels, aux_skip=cfg.aux_skip, **arch_kwargs)
 
 
 def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
     """(supernet, strategy) of a resolved run configuration, on its device, as a
     search runs them (also what :mod:`pynas.bench.memory` measures)."""
     model = build_model(cfg, info).to(cfg.device)
-    extra = {}
-    if cfg.constraint != "none":
-        extra = dict(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
-                     image_size=info.image_size)
-    if cfg.method == "sdarts-rs":
-        extra = dict(epsilon=cfg.epsilon_alpha, seed=cfg.seed + 2)
-    if cfg.method == "sgas":
-        extra = dict(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
-                     decision_freq=cfg.decision_freq, choose_op=choose_op)
-    strategy = METHODS[cfg.method][0](model, search_config(cfg), steps_per_epoch, **extra)
+    strategy = METHODS[cfg.method].order(model, search_config(cfg), steps_per_epoch,
+                                         **strategy_options(cfg, info, choose_op))
     if cfg.channels_last:  # the network's layout too (evaluation's inputs): C was checked on CPU
         model.to(memory_format=torch.channels_last)
         model.channels_last = strategy.channels_last = True
@@ -67,6 +62,24 @@ def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
     model.checkpoint_cells = cfg.checkpoint_cells  # SearchNetwork's per-cell activation checkpointing
     save_memory(model, bool(cfg.memory_saving))  # with checkpoint_cells and max_memory too (RunConfig.resolved)
     return model, strategy
+
+
+def strategy_options(cfg: RunConfig, info, choose_op=None, epsilon_start: float = 0.03) -> dict:
+    """The keywords of the method's order that carry a resolved run configuration's parts (its
+    terms, perturbation, auxiliary skip) and the order's own options (SNAS' constraint, SGAS' decisions).
+    ``epsilon_start``: the perturbation's ε at the start of its ramp (SDARTS: 0.03)."""
+    cfg = cfg.resolved()
+    options = dict(terms=build_terms(cfg.regularizers),
+                   perturbation=default_perturbation(cfg.perturbation, cfg.epsilon_alpha, cfg.seed + 2,
+                                                     cfg.attack_steps, epsilon_start),
+                   aux_skip=AuxSkipDecay(cfg.aux_beta, cfg.aux_decay, cfg.aux_t_max) if cfg.aux_skip else None)
+    if cfg.constraint != "none":
+        options.update(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
+                       image_size=info.image_size)
+    if cfg.method == "sgas":
+        options.update(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
+                       decision_freq=cfg.decision_freq, choose_op=choose_op)
+    return options
 
 
 def s1_space(run_dir: str):
@@ -82,20 +95,12 @@ def s1_space(run_dir: str):
     return s1_from_alphas(alphas)
 
 
-# The derivation rule each method's paper uses (SNAS Sec. 3.1: the child graph keeps
-# every edge whose argmax is not `none`; the DARTS family keeps the top-2 per node).
-METHOD_RULES = {"snas": "snas", "dsnas": "snas"}
-
-
-def method_rule(method: str) -> str:
-    return METHOD_RULES.get(method, "darts")
-
-
-def genotype_of(model, rule: str = "darts") -> str:
-    """The genotype of ``model`` by ``rule`` (NAS-Bench-201 supernets: argmax per edge)."""
+def genotype_of(model, rule: str = "darts", threshold: float = 0.85) -> str:
+    """The genotype of ``model`` by ``rule`` (NAS-Bench-201 supernets: argmax per edge;
+    ``threshold``: the σ FairDARTS' rule keeps an edge at)."""
     if isinstance(model, NB201Network):
         return str(derive_nb201(model.arch.probabilities("cell"), model.arch.ops))
-    return str(derive_genotype(model.arch, rule))
+    return str(derive_genotype(model.arch, rule, threshold=threshold))
 
 
 def search_data(cfg: RunConfig):

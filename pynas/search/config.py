@@ -20,11 +20,13 @@ from ..progress import add_log_every_argument
 from .budget import budget_bytes
 from .cost import ESTIMATORS, PRESETS
 from .cuda_graphs import check_cuda_graphs
+from .methods import DERIVATIONS, METHODS, PERTURBATIONS, check_composition
+from .parts import AUX_DECAYS, AuxSkipDecay, build_terms, check_epsilon
 from .presets import PRESETS as SEARCH_PRESETS
-from .strategies import A_OPTIMIZERS, METHODS
+from .strategies import A_OPTIMIZERS
 
 DIGITS_A_LR = 0.15
-SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s1-from-run", "minimal")
+SPACES = ("darts", "darts-no-none", "nb201", "s1", "s2", "s3", "s4", "s1-from-run", "minimal")
 
 
 @dataclass
@@ -91,7 +93,17 @@ class RunConfig:
     constraint: str = "none"  # SNAS resource constraint: none, mild, moderate, aggressive, snas-code
     constraint_weight: Optional[float] = None  # λ; None: the constraint level's
     cost_estimator: str = "reparameterised"
-    epsilon_alpha: float = 0.3  # SDARTS-RS: the final noise range (ramped from 0.03)
+    # The parts of the method's composition (pynas.search.methods); None: the method's own.
+    regularizers: Optional[list] = None  # terms of the objective, each "NAME" or "NAME=WEIGHT"
+    perturbation: Optional[str] = None  # of the weight step's edge weights: none, random, adversarial
+    aux_skip: Optional[bool] = None  # DARTS-' auxiliary skip beside every edge
+    derivation: Optional[str] = None  # darts, snas, nb201 (--space nb201's only rule), threshold
+    threshold: float = 0.85  # --derivation threshold: FairDARTS' σ an edge's operation must reach
+    epsilon_alpha: float = 0.3  # SDARTS (random, adversarial): the final noise range (ramped from 0.03)
+    attack_steps: int = 7  # SDARTS-ADV: steps of the attack
+    aux_beta: float = 1.0  # DARTS-: β₀, the auxiliary skip's coefficient at the start
+    aux_decay: str = "linear"  # DARTS-: β's decay (none, linear, cosine, slow-cosine)
+    aux_t_max: int = 50  # DARTS-: the epoch where a linear β reaches 0 (not --epochs, as the code)
     warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
     first_decision: int = 10  # SGAS: the first decision after this many epochs
     decision_freq: int = 5  # SGAS: epochs between decisions
@@ -108,6 +120,14 @@ class RunConfig:
     # PC-DARTS: each edge's operations see 1/K of the channels, and β normalises each node's edges (K > 1).
     partial_channels: int = 1
 
+    @classmethod
+    def for_method(cls, method: str, **options) -> "RunConfig":
+        """``method``'s configuration with its own options (its authors' space, α's betas) beneath
+        ``options``: what ``pynas search --method METHOD`` starts from."""
+        if method not in METHODS:
+            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {method!r}")
+        return cls(method=method, **{**METHODS[method].options, **options})
+
     def prob_grad_cells(self) -> Optional[list]:
         """The cells ``--log-prob-grad`` names (None: every cell)."""
         if self.log_prob_grad in (None, "all"):
@@ -122,19 +142,29 @@ class RunConfig:
 
     def resolved(self) -> "RunConfig":
         """A copy with every method-dependent default (``None``) filled in."""
-        strategy, relaxation, arch_kwargs = METHODS[self.method]
-        relaxation = self.relaxation or relaxation
+        method = METHODS[self.method]
+        relaxation = self.relaxation or method.relaxation
         out = dataclasses.replace(self, relaxation=relaxation, a_betas=tuple(self.a_betas))
         if out.a_lr is None:
-            out.a_lr = DIGITS_A_LR if self.dataset == "digits" else 3e-4
+            out.a_lr = DIGITS_A_LR if self.dataset == "digits" else method.a_lr or 3e-4
         if out.train_fraction is None:
-            out.train_fraction = 0.5 if strategy.bilevel else 1.0
+            out.train_fraction = 0.5 if method.bilevel else 1.0
         if out.w_lr_min is None:
             out.w_lr_min = 0.0 if self.method in ("snas", "dsnas") else 0.001  # SNAS App. G.1: annealed to 0
         if out.a_weight_decay is None:
-            out.a_weight_decay = 0.0 if relaxation == "sigmoid" else 1e-3
+            out.a_weight_decay = (method.a_weight_decay if method.a_weight_decay is not None
+                                  else 0.0 if relaxation == "sigmoid" else 1e-3)
         if out.a_init is None:
-            out.a_init = str(arch_kwargs.get("init", -math.log(7) if relaxation == "sigmoid" else "normal"))
+            out.a_init = str(method.init if method.init is not None
+                             else -math.log(7) if relaxation == "sigmoid" else "normal")
+        if out.regularizers is None:
+            out.regularizers = list(method.regularizers)
+        if out.perturbation is None:
+            out.perturbation = method.perturbation
+        if out.aux_skip is None:
+            out.aux_skip = method.aux_skip
+        if out.derivation is None:
+            out.derivation = "nb201" if self.space == "nb201" else method.derivation
         if out.memory_saving is None:
             out.memory_saving = self.checkpoint_cells or self.max_memory is not None
         schedule = DEFAULT_SCHEDULES.get(relaxation)
@@ -179,7 +209,7 @@ class RunConfig:
             raise ValueError(f"--a-betas must be two numbers in [0, 1), got {self.a_betas}")
         if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
             raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
-        if self.train_fraction == 1 and METHODS[self.method][0].bilevel:
+        if self.train_fraction == 1 and METHODS[self.method].bilevel:
             raise ValueError(f"--method {self.method} is bi-level: α needs a validation split, so "
                              f"--train-fraction must be below 1")
         for name in ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "a_lr", "a_weight_decay",
@@ -218,10 +248,8 @@ class RunConfig:
             raise ValueError(f"--pt applies to --method sgas, not {self.method}")
         if self.method == "sgas" and self.space in ("nb201", "minimal"):
             raise ValueError(f"--method sgas needs a cell with two inputs per node, not --space {self.space}")
-        if self.method in ("sdarts-rs", "sgas") and (self.relaxation or "softmax") != "softmax":
+        if self.method == "sgas" and (self.relaxation or "softmax") != "softmax":
             raise ValueError(f"--method {self.method} works on softmax(α); drop --relaxation {self.relaxation}")
-        if self.epsilon_alpha < 0.03:
-            raise ValueError(f"--epsilon-alpha must be at least 0.03 (the ramp's start), got {self.epsilon_alpha}")
         if self.warmup_epochs < 0 or self.decision_freq < 1:
             raise ValueError("--warmup-epochs must be >= 0 and --decision-freq >= 1")
         if self.method == "sgas" and self.first_decision < self.warmup_epochs:
@@ -249,14 +277,41 @@ class RunConfig:
             # Cells layers//3 and 2·layers//3 reduce from 3 cells on: below that there is no reduction cell.
             raise ValueError(f"--layers must be at least 3 for --space {self.space} (fewer cells have no reduction "
                              f"cell, so the reduce cells' α could never be searched), got {self.layers}")
+        self._validate_composition()
 
+
+    def _validate_composition(self):
+        """The composition's parts, each checked by itself and against the others (pynas.search.methods)."""
+        if self.regularizers is not None and (isinstance(self.regularizers, str)
+                                              or not isinstance(self.regularizers, (list, tuple))):
+            raise ValueError(f"--regularizer: expected a list of NAME or NAME=WEIGHT, got {self.regularizers!r}")
+        if self.perturbation is not None and self.perturbation not in PERTURBATIONS:
+            raise ValueError(f"--perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}")
+        if self.derivation is not None and self.derivation not in DERIVATIONS:
+            raise ValueError(f"--derivation must be one of {DERIVATIONS}, got {self.derivation!r}")
+        if self.aux_skip is not None and not isinstance(self.aux_skip, bool):
+            raise ValueError(f"--aux-skip must be true or false, got {self.aux_skip!r}")
+        r = self.resolved()
+        build_terms(r.regularizers)
+        check_epsilon(self.epsilon_alpha)
+        if isinstance(self.attack_steps, bool) or not isinstance(self.attack_steps, int) or self.attack_steps < 1:
+            raise ValueError(f"--attack-steps must be an integer >= 1, got {self.attack_steps!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 < self.threshold < 1:
+            raise ValueError(f"--threshold must be in (0, 1), got {self.threshold!r}")
+        AuxSkipDecay(self.aux_beta, self.aux_decay, self.aux_t_max)
+        if self.cuda_graphs and (r.regularizers or r.aux_skip or r.perturbation == "adversarial"):
+            raise ValueError("--cuda-graphs captures compositions without regularizers, auxiliary skip and "
+                             "adversarial perturbation (those have not run captured on a GPU yet): drop it")
+        check_composition(METHODS[self.method].order, r.relaxation, r.regularizers, r.perturbation, r.aux_skip,
+                          r.derivation, self.space, self.method)
 
     def _validate_partial_channels(self):
         K = self.partial_channels
         if K == 1:
             return
         check_partial_channels(K, self.C)
-        relaxation = self.relaxation or METHODS[self.method][1]
+        relaxation = self.relaxation or METHODS[self.method].relaxation
         if relaxation in ("gumbel_hard", "categorical"):
             raise ValueError(f"--partial-channels applies to the soft methods (every operation of an edge mixed); "
                              f"--method {self.method} samples one operation per edge ({relaxation}): use 1")
@@ -313,11 +368,25 @@ def add_search_arguments(parser):
     g.add_argument("--config", default=None, metavar="FILE",
                    help="a run's config.json: repeats that run; explicit options win")
     g.add_argument("--space", choices=SPACES, default=d.space)
-    g.add_argument("--method", choices=tuple(METHODS), default=d.method)
+    g.add_argument("--method", choices=tuple(METHODS), default=d.method,
+                   help="a composition with its authors' defaults (pynas.search.methods); the parts below change it")
     g.add_argument("--relaxation", choices=RELAXATIONS, default=None,
                    help="override the method's relaxation (e.g. sigmoid for single-level)")
     g.add_argument("--s1-from", default=None, metavar="RUN_DIR",
                    help="for --space s1-from-run: a DARTS search whose top-2 operations per edge form the space")
+    g = parser.add_argument_group("the method's parts (default: the method's own)")
+    g.add_argument("--regularizer", dest="regularizers", action="append", default=None, metavar="NAME[=WEIGHT]",
+                   help="a term of the objective, repeatable, replacing the method's: zero-one (FairDARTS' "
+                        "−mean(σ(α)−½)², weight 10, α's and the weights' loss), zero-one-l1, beta-decay (β-DARTS' "
+                        "mean logsumexp(α), α's loss, weight λ's slope per epoch, 0.5); none: no term")
+    g.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
+                   help="of softmax(α) in the weight step: random (SDARTS-RS), adversarial (SDARTS-ADV's attack)")
+    g.add_argument("--aux-skip", action=argparse.BooleanOptionalAction, default=None,
+                   help="DARTS-' auxiliary skip β(e)·aux(x) beside every edge")
+    g.add_argument("--derivation", choices=DERIVATIONS, default=None,
+                   help="the genotype's rule: darts (top-2 inputs per node), snas (child graph), nb201 (argmax per "
+                        "edge; --space nb201), threshold (FairDARTS: top-2 inputs, kept if σ >= --threshold)")
+    g.add_argument("--threshold", type=float, default=d.threshold, help="--derivation threshold's σ")
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset)
     g.add_argument("--data", default=None, metavar="DIR", help="dataset folder (cifar10, cifar100, svhn)")
@@ -369,7 +438,14 @@ def add_search_arguments(parser):
     g.add_argument("--constraint-weight", type=float, default=None, help="snas: λ (default: the constraint's)")
     g.add_argument("--cost-estimator", choices=ESTIMATORS, default=d.cost_estimator)
     g.add_argument("--epsilon-alpha", type=float, default=d.epsilon_alpha,
-                   help="sdarts-rs: the noise range reached at the end (ramped linearly from 0.03)")
+                   help="random and adversarial perturbations: the range ε reached at the end (ramped linearly "
+                        "from 0.03 per epoch)")
+    g.add_argument("--attack-steps", type=int, default=d.attack_steps,
+                   help="adversarial perturbation: sign-gradient steps of 2ε/steps each")
+    g.add_argument("--aux-beta", type=float, default=d.aux_beta, help="--aux-skip: β at the start")
+    g.add_argument("--aux-decay", choices=AUX_DECAYS, default=d.aux_decay, help="--aux-skip: β's decay per epoch")
+    g.add_argument("--aux-t-max", type=int, default=d.aux_t_max,
+                   help="--aux-skip: the epoch a linear β reaches 0 (DARTS-' code: 50, whatever --epochs)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="weights-only epochs before α trains (sgas; pc-darts-cifar10: 15) (default: %(default)s)")
     g.add_argument("--first-decision", type=int, default=d.first_decision, help="sgas: epochs before the first decision")
@@ -439,6 +515,9 @@ def config_from_arguments(args, argv) -> RunConfig:
     options (those in ``argv``)."""
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     values = {}
+    explicit = explicit_options(argv)
+    # The method's own options (its authors' space, α's betas) lie beneath everything else.
+    values.update(METHODS[_chosen_method(args, explicit)].options)
     if args.preset is not None:
         values.update(SEARCH_PRESETS[args.preset])
     if args.config is not None:
@@ -454,7 +533,6 @@ def config_from_arguments(args, argv) -> RunConfig:
             raise ValueError(f"--config {args.config}: unknown keys {unknown}")
         loaded.pop("out", None)  # a repeated run gets its own directory
         values.update(loaded)
-    explicit = explicit_options(argv)
     if {"max_memory", "batch_size"} <= explicit:
         raise ValueError("--max-memory chooses the batch size: give it or --batch-size, not both")
     if "max_memory" not in explicit:
@@ -463,4 +541,23 @@ def config_from_arguments(args, argv) -> RunConfig:
     values.update({k: getattr(args, k) for k in explicit if k in fields})
     if "a_betas" in values:
         values["a_betas"] = tuple(values["a_betas"])
+    if values.get("regularizers") is not None:  # `--regularizer none`: no term at all
+        values["regularizers"] = [r for r in values["regularizers"] if r != "none"]
     return RunConfig(**values)
+
+
+def _chosen_method(args, explicit) -> str:
+    """The method a run ends up with: explicit > --config FILE > --preset > the default."""
+    if "method" in explicit:
+        return args.method
+    if args.config is not None:
+        try:
+            with open(args.config) as f:
+                loaded = json.load(f)
+            if isinstance(loaded, dict) and loaded.get("method") in METHODS:
+                return loaded["method"]
+        except (OSError, ValueError):
+            pass  # reported where the file is read
+    if args.preset is not None and "method" in SEARCH_PRESETS[args.preset]:
+        return SEARCH_PRESETS[args.preset]["method"]
+    return RunConfig.method

@@ -24,7 +24,7 @@ from ..nb201_benchmark import canonical, numbers_line, open_benchmark
 from ..nn import NB201Network
 from ..progress import Progress
 from ..tensorboard import TensorBoardLogger
-from .build import build_search, evaluate, genotype_of, kept_checkpoint, method_rule, search_data
+from .build import build_search, evaluate, genotype_of, kept_checkpoint, search_data
 from .config import RunConfig, read_run_config
 from .cuda_graphs import GraphedStep, check_cuda_graphs
 from .grad_correlation import gradient_correlation, probability_gradients
@@ -236,8 +236,8 @@ class SearchRun:
             for d in self.strategy.decide_all():
                 self._log(f"SGAS decision {d['cell_type']} edge {d['edge']} -> {d['op']} (after the last epoch)")
             self._save()
-        rule = method_rule(cfg.method)
-        genotype = genotype_of(self.model, rule)
+        rule = cfg.derivation
+        genotype = genotype_of(self.model, rule, cfg.threshold)
         if self.rank == 0:
             write_text(os.path.join(self.out, "genotype.txt"), genotype + "\n")
             others = {}
@@ -267,7 +267,7 @@ class SearchRun:
             if edge is not None:
                 print(f"{cell_type} cells: edge weights softmax(β) per node (ranked with α in derivation): "
                       + " ".join(f"{v:.3f}" for v in edge.tolist()))
-        rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{method_rule(self.cfg.method)} rule"
+        rule = "argmax per edge" if isinstance(self.model, NB201Network) else f"{self.cfg.derivation} rule"
         print(f"genotype ({rule}): {genotype}")
         if self.benchmark is not None:
             print(f"NAS-Bench-201 ({self.benchmark.file}): {numbers_line(self._benchmark_numbers(genotype))}")
@@ -366,7 +366,10 @@ class SearchRun:
                   "decisions": getattr(self.strategy, "last_decisions", None),
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "epoch_seconds": epoch_seconds, "images_per_second": images_per_second,
-                  "genotype": genotype_of(self.model, method_rule(cfg.method)), "arch": _arch_summary(self.model)}
+                  # The composition's terms in their last loss, DARTS-' β of the epoch (None where absent).
+                  "terms": {k: float(v) for k, v in self.strategy.last_terms.items()} or None,
+                  "aux_weight": float(self.model.aux_weight) if self.strategy.aux_skip is not None else None,
+                  "genotype": genotype_of(self.model, cfg.derivation, cfg.threshold), "arch": _arch_summary(self.model)}
         if self.benchmark is not None:
             record["benchmark"] = self._benchmark_numbers(record["genotype"])
         if self.world > 1:

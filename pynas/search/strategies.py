@@ -8,12 +8,13 @@ search step; ``epoch_end()`` advances the learning-rate schedule.
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .parts import AuxSkipDecay, Perturbation, ResourceCost, Term
 from .reduction import BUCKET_BYTES, OverlappedReduction, gradient_buckets
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -57,7 +58,10 @@ def _global_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
 
 
 class Strategy:
-    """Weight optimiser and schedule shared by every strategy."""
+    """Weight optimiser and schedule shared by every strategy, and the parts a
+    method composes with its order (:mod:`pynas.search.parts`): ``terms`` of the
+    objective, a ``perturbation`` of the weight step's edge weights, DARTS-'
+    ``aux_skip`` schedule (the supernet built with ``aux_skip=True``)."""
 
     name = "base"
     bilevel = True  # whether step() uses the validation batch for α
@@ -67,8 +71,16 @@ class Strategy:
     overlap_reduction: Optional[bool] = None
 
     def __init__(self, model: nn.Module, config: SearchConfig, steps_per_epoch: int,
-                 loss_fn: Callable = F.cross_entropy):
+                 loss_fn: Callable = F.cross_entropy, *, terms: Sequence[Term] = (),
+                 perturbation: Optional[Perturbation] = None, aux_skip: Optional[AuxSkipDecay] = None):
         self.model, self.config, self.loss_fn = model, config, loss_fn
+        self.terms = list(terms)
+        self.perturbation = perturbation if perturbation is not None else Perturbation()
+        self.aux_skip = aux_skip
+        if aux_skip is not None and getattr(model, "aux_weight", None) is None:
+            raise ValueError("an auxiliary skip schedule needs a supernet built with aux_skip=True")
+        self._aux_epoch: Optional[int] = None  # the epoch whose β the supernet holds
+        self.last_terms: Dict[str, torch.Tensor] = {}  # each term's value in the last loss it joined
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.weights = list(model.weight_parameters())
         self.alphas = list(model.arch_parameters())
@@ -141,7 +153,11 @@ class Strategy:
                 g.copy_(averaged)
 
     # -- pieces ---------------------------------------------------------------
-    def loss(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batch: Batch, role: Optional[str] = "weights") -> Tuple[torch.Tensor, torch.Tensor]:
+        """(objective, logits) of ``batch``: the loss function plus the terms that
+        join ``role``'s loss (``"alpha"``, ``"weights"``, ``"both"`` for a
+        single-level step; None: the loss function alone). Terms shape what is
+        optimised, so a loss computed without gradients (a measurement) has none."""
         x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -150,11 +166,23 @@ class Strategy:
             logits = self.model(x) if self.forward is self.model else self.forward(x)
         if logits.dtype in (torch.float16, torch.bfloat16):  # the loss of a lower-precision model in float32
             logits = logits.float()
-        return self.loss_fn(logits, y), logits
+        loss = self.loss_fn(logits, y)
+        if role is not None and torch.is_grad_enabled():
+            for term in self.terms:
+                if role == "both" or role in term.joins:
+                    value = term.value(self.model)
+                    self.last_terms[term.name] = value.detach()
+                    loss = loss + term.weight(self.epochs_done) * value
+        return loss, logits
 
     def weight_step(self, batch: Batch) -> Dict[str, float]:
+        """The weights' step on ``batch``, under the perturbation's edge weights (if any)."""
+        with self.perturbation.weight_step(self, batch):
+            return self._weight_step(batch)
+
+    def _weight_step(self, batch: Batch) -> Dict[str, float]:
         self.w_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(batch)
+        loss, logits = self.loss(batch, "weights")
         reduction = self.weight_reduction()
         # Gradients for the weights only: the α side of every mixed_sum is skipped.
         with reduction.collecting() if reduction else contextlib.nullcontext():
@@ -171,7 +199,7 @@ class Strategy:
 
     def arch_step(self, train_batch: Batch, val_batch: Batch) -> None:
         self.a_opt.zero_grad(set_to_none=True)
-        loss, _ = self.loss(val_batch)
+        loss, _ = self.loss(val_batch, "alpha")
         # A cell type's α can be cut off the loss (e.g. DARTS-PT leaving only `noise` ops downstream of it):
         # its gradient is then zero.
         grads = torch.autograd.grad(loss, self.alphas, allow_unused=True)
@@ -194,6 +222,10 @@ class Strategy:
         """The host's part of a step, before its device work: the schedules at
         this step (τ); returns whether α trains in it."""
         self.model.arch.set_position(self.global_step, self.steps_per_epoch, self.config.epochs)
+        if self.aux_skip is not None and self._aux_epoch != self.epochs_done:  # β changes once per epoch
+            self.model.set_aux_weight(self.aux_skip.at(self.epochs_done))
+            self._aux_epoch = self.epochs_done
+        self.perturbation.prepare(self)
         return self.alpha_trains()
 
     def step_body(self, train_batch: Batch, val_batch: Optional[Batch], alpha_trains: bool) -> Dict[str, torch.Tensor]:
@@ -209,12 +241,13 @@ class Strategy:
             return self.weight_step(train_batch)
 
     def step_inputs(self) -> Dict[str, torch.Tensor]:
-        """Device tensors :meth:`prepare_step` made for this step's body (none
-        here); a captured body reads copies of them that stay in place."""
-        return {}
+        """Device tensors :meth:`prepare_step` made for this step's body (the
+        perturbation's noise); a captured body reads copies of them that stay in place."""
+        return self.perturbation.step_inputs()
 
     def use_step_inputs(self, inputs: Dict[str, torch.Tensor]) -> None:
         """The body reads ``inputs`` (of :meth:`step_inputs`' keys) from now on."""
+        self.perturbation.use_step_inputs(inputs)
 
     def epoch_end(self) -> None:
         # A sample drawn ahead is given back, so that a checkpoint records the generator before it.
@@ -225,7 +258,7 @@ class Strategy:
     def state_dict(self):
         return {"w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
                 "a_opt": self.a_opt.state_dict() if self.a_opt else None, "global_step": self.global_step,
-                "epochs_done": self.epochs_done}
+                "epochs_done": self.epochs_done, **self.perturbation.state_dict()}
 
     def load_state_dict(self, state):
         self.w_opt.load_state_dict(state["w_opt"])
@@ -236,6 +269,7 @@ class Strategy:
         # Checkpoints from before the count was kept (only SGAS', which always kept it, had a batch that
         # changes between epochs): the epoch from the step count.
         self.epochs_done = state.get("epochs_done", self.global_step // self.steps_per_epoch)
+        self.perturbation.load_state_dict(state)
 
 
 class DartsFirstOrder(Strategy):
@@ -263,7 +297,7 @@ class DartsSecondOrder(Strategy):
         saved_buffers = [b.detach().clone() for b in buffers]
 
         # Virtual step w' = w − η(momentum·buffer + ∇w L_train + wd·w).
-        loss, _ = self.loss(train_batch)
+        loss, _ = self.loss(train_batch, "weights")
         g_train = torch.autograd.grad(loss, self.weights, allow_unused=True)
         with torch.no_grad():
             for w, g in zip(self.weights, g_train):
@@ -274,7 +308,7 @@ class DartsSecondOrder(Strategy):
                 w.sub_(eta * step)
 
         # ∇α and ∇w' of L_val at w'.
-        loss, _ = self.loss(val_batch)
+        loss, _ = self.loss(val_batch, "alpha")
         grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
         g_alpha = [_zero_if_none(g, a) for g, a in zip(grads[:len(self.alphas)], self.alphas)]
         v = [_zero_if_none(g, w) for g, w in zip(grads[len(self.alphas):], self.weights)]
@@ -284,7 +318,7 @@ class DartsSecondOrder(Strategy):
             with torch.no_grad():
                 for w, w0, vi in zip(self.weights, saved_w, v):
                     w.copy_(w0 + (sign * R).to(vi.dtype) * vi)
-            loss, _ = self.loss(train_batch)
+            loss, _ = self.loss(train_batch, "weights")
             return [_zero_if_none(g, a) for g, a in
                     zip(torch.autograd.grad(loss, self.alphas, allow_unused=True), self.alphas)]
 
@@ -312,7 +346,7 @@ class SingleLevel(Strategy):
         self.w_opt.zero_grad(set_to_none=True)
         if self.a_opt is not None:
             self.a_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(train_batch)
+        loss, logits = self.loss(train_batch, "both")
         reduction = self.weight_reduction()
         with reduction.collecting() if reduction else contextlib.nullcontext():
             loss.backward()
@@ -329,34 +363,30 @@ class SingleLevel(Strategy):
 
 class Snas(SingleLevel):
     """SNAS: single-level with soft Gumbel samples (the relaxation of the
-    model's ``arch``) and, optionally, the resource constraint λ·E_Z[C(Z)]."""
+    model's ``arch``) and, optionally, the resource constraint λ·E_Z[C(Z)] as a
+    term of the objective (:class:`~pynas.search.parts.ResourceCost`)."""
 
     name = "snas"
 
     def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, constraint=None,
-                 image_size: Optional[int] = None):
-        super().__init__(model, config, steps_per_epoch, loss_fn)
-        self.constraint = constraint
+                 image_size: Optional[int] = None, **parts):
+        terms = list(parts.pop("terms", ()))
+        self.cost = None
         if constraint is not None:
             if image_size is None:
                 raise ValueError("Snas: a resource constraint needs `image_size`")
-            self.tables = constraint.tables(model, image_size)
-            model.record_edge_weights = True
-        self._last_cost = 0.0
+            self.cost = ResourceCost(constraint, model, image_size)
+            terms.append(self.cost)
+        super().__init__(model, config, steps_per_epoch, loss_fn, terms=terms, **parts)
+
+    @property
+    def tables(self):
+        return self.cost.tables
 
     @property
     def last_cost(self) -> float:
         """The penalty of the last step's loss (read from the device on request)."""
-        return float(self._last_cost)
-
-    def loss(self, batch):
-        loss, logits = super().loss(batch)
-        if self.constraint is None or not torch.is_grad_enabled():
-            return loss, logits
-        # The reparameterised estimator differentiates through the forward's own samples Z.
-        penalty = self.constraint.penalty(self.model.arch, self.tables, self.model.last_edge_weights or None)
-        self._last_cost = penalty.detach()
-        return loss + penalty, logits
+        return float(self.last_terms.get(ResourceCost.name, 0.0))
 
 
 class FixedAlpha(Strategy):
@@ -366,64 +396,13 @@ class FixedAlpha(Strategy):
     name = "fixed"
     bilevel = False
 
-    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy):
+    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, **parts):
         for a in model.arch_parameters():
             a.requires_grad_(False)
             with torch.no_grad():
                 a.zero_()
-        super().__init__(model, config, steps_per_epoch, loss_fn)
+        super().__init__(model, config, steps_per_epoch, loss_fn, **parts)
         self.alphas, self.a_opt = [], None
-
-
-class SdartsRS(DartsFirstOrder):
-    """SDARTS-RS (Chen & Hsieh 2020; DARTS-PT App. A.1.2): the DARTS first-order
-    search, but each weight step sees the architecture weights perturbed by
-    uniform noise in [-ε, ε] (clipped to [0, 1] and renormalised per edge), ε
-    ramped linearly per epoch from ``epsilon_start`` to ``epsilon``; the α step
-    sees the clean weights."""
-
-    name = "sdarts-rs"
-
-    def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, epsilon: float = 0.3,
-                 epsilon_start: float = 0.03, seed: int = 0):
-        super().__init__(model, config, steps_per_epoch, loss_fn)
-        if not 0 <= epsilon_start <= epsilon:
-            raise ValueError(f"--epsilon-alpha must be at least {epsilon_start}, got {epsilon}")
-        self.epsilon, self.epsilon_start = epsilon, epsilon_start
-        # Noise drawn on the CPU from its own generator: the same on every device, and resumable.
-        self.generator = torch.Generator().manual_seed(seed)
-        self.last_noise: Dict[str, torch.Tensor] = {}
-
-    def current_epsilon(self) -> float:
-        epoch = self.global_step // self.steps_per_epoch
-        return self.epsilon_start + (self.epsilon - self.epsilon_start) * epoch / self.config.epochs
-
-    def prepare_step(self):
-        # Drawn on the host, before the body: the noise is an input of the (capturable) body.
-        alpha_trains = super().prepare_step()
-        eps = self.current_epsilon()
-        arch = self.model.arch
-        self.last_noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
-                               - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
-        return alpha_trains
-
-    def weight_step(self, batch):
-        """The weight step under this step's noise (drawn by :meth:`prepare_step`)."""
-        with self.model.arch.noisy(self.last_noise):
-            return super().weight_step(batch)
-
-    def step_inputs(self):
-        return dict(self.last_noise)
-
-    def use_step_inputs(self, inputs):
-        self.last_noise = dict(inputs)
-
-    def state_dict(self):
-        return dict(super().state_dict(), noise_generator=self.generator.get_state())
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.generator.set_state(state["noise_generator"])
 
 
 class Sgas(DartsFirstOrder):
@@ -441,8 +420,8 @@ class Sgas(DartsFirstOrder):
 
     def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, warmup_epochs: Optional[int] = None,
                  first_decision: int = 10, decision_freq: int = 5,
-                 choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2):
-        super().__init__(model, config, steps_per_epoch, loss_fn)
+                 choose_op: Optional[Callable[[str, int], int]] = None, inputs: int = 2, **parts):
+        super().__init__(model, config, steps_per_epoch, loss_fn, **parts)
         warmup_epochs = self.warmup_epochs if warmup_epochs is None else warmup_epochs
         if warmup_epochs < 0:
             raise ValueError(f"--warmup-epochs must be non-negative, got {warmup_epochs}")
@@ -599,19 +578,3 @@ def _metrics(loss, logits, y) -> Dict[str, torch.Tensor]:
     """Loss and accuracy of a step as 0-d tensors on the device: no host synchronisation."""
     y = y.to(logits.device, non_blocking=True)
     return {"loss": loss.detach(), "acc": (logits.detach().argmax(-1) == y).float().mean()}
-
-
-# method name -> (strategy class, relaxation, extra Architecture options)
-METHODS = {
-    "darts": (DartsFirstOrder, "softmax", {}),
-    "darts-2nd": (DartsSecondOrder, "softmax", {}),
-    "single-level": (SingleLevel, "softmax", {}),
-    "snas": (Snas, "gumbel", {}),
-    "gdas": (DartsFirstOrder, "gumbel_hard", {}),
-    "dsnas": (SingleLevel, "categorical", {}),
-    "fixed": (FixedAlpha, "softmax", {"init": "zeros"}),
-    # The wiring paper's Fig. 4b: θ trained with α fixed under uniform sampling (one op per edge, `none` included).
-    "uniform": (FixedAlpha, "categorical", {"init": "zeros"}),
-    "sdarts-rs": (SdartsRS, "softmax", {}),
-    "sgas": (Sgas, "softmax", {}),
-}

@@ -23,9 +23,11 @@ validation accuracy after its fine-tuning; a killed selection resumes at the nex
 round. Differences from the code: docs/fidelity.md.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import random
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -38,7 +40,7 @@ from ..io import (checkpoint_header, load_checkpoint, load_state, parameter_shap
                   save_checkpoint, write_json)
 from ..nb201_benchmark import canonical, numbers_line
 from ..progress import Progress
-from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Strategy
+from ..search.strategies import DartsFirstOrder, FixedAlpha, SearchConfig, Sgas, Strategy
 
 PHASES = ("operation", "topology")
 TUNE_LR = 0.025 / 10  # DARTS-PT's code: the search's lr / 10, held constant while tuning
@@ -110,19 +112,31 @@ def op_by_perturbation(model, cell_type: str, edge: int, batches: Sequence, crit
     return min(candidates, key=lambda k: (scores[arch.ops[k]], -float(alpha[k]), k)), scores
 
 
-def tuning_strategy(method: str, epsilon_alpha: float = 0.3, seed: int = 0) -> Callable[..., Strategy]:
-    """How a supernet searched by ``method`` is fine-tuned between decisions: by its
-    own strategy (SDARTS-RS with its noise at the full ε, as DARTS-PT's code; second
-    order; α fixed), SGAS' supernet by DARTS first order (its shrinking is done)."""
-    from ..search.strategies import METHODS, SdartsRS, Sgas
+def tuning_strategy(cfg, image_size: Optional[int] = None) -> Callable[..., Strategy]:
+    """How a supernet searched with the run configuration ``cfg`` is fine-tuned
+    between decisions: by its own composition (order, terms, perturbation,
+    auxiliary skip), with its schedules held where the search ended: SDARTS'
+    perturbations at their full ε (as DARTS-PT's code tunes SDARTS-RS), β-DARTS'
+    λ and DARTS-' β at their last epoch's values. SGAS' supernet is tuned by DARTS
+    first order (its shrinking is done); SNAS' constraint needs ``image_size``."""
+    from ..search.build import strategy_options
+    from ..search.methods import METHODS
 
-    cls = METHODS[method][0]
-    if cls is Sgas:
-        return DartsFirstOrder
-    if cls is SdartsRS:
-        return lambda model, config, steps: SdartsRS(model, config, steps, epsilon=epsilon_alpha,
-                                                     epsilon_start=epsilon_alpha, seed=seed)
-    return cls
+    cfg = cfg.resolved()
+    order = METHODS[cfg.method].order
+    if order is Sgas:
+        order = DartsFirstOrder
+    options = strategy_options(dataclasses.replace(cfg, method="darts") if cfg.method == "sgas" else cfg,
+                               SimpleNamespace(image_size=image_size), epsilon_start=cfg.epsilon_alpha)
+    if cfg.constraint != "none" and image_size is None:
+        raise ValueError("tuning_strategy: SNAS' resource constraint needs `image_size`")
+
+    def build(model, config, steps):
+        strategy = order(model, config, steps, **options)
+        strategy.epochs_done = cfg.epochs - 1  # the schedules' last epoch (tuning never ends an epoch)
+        return strategy
+
+    return build
 
 
 class PTSelection:
