@@ -199,3 +199,23 @@ def test_weight_gradients_not_averaged_are_caught(tmp_path):
     checksums = two_ranks(tmp_path, "snas", "weights")
     assert not agree(checksums["weights"])
     assert agree(checksums["alpha"]) and agree(checksums["samples"])
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("fairdarts", ()),  # σ(α), the zero-one loss in both steps, the threshold rule
+    # β-DARTS' term, SDARTS-ADV's attack (its start drawn alike, its gradient and losses averaged), DARTS-' skip
+    ("darts", ("--regularizer", "beta-decay", "--perturbation", "adversarial", "--aux-skip")),
+])
+def test_the_composed_parts_keep_ranks_in_step(tmp_path, method, extra):
+    import json
+
+    from pynas.search import distributed
+
+    out = tmp_path / method
+    argv = ["search", "--method", method, "--epochs", "2", "--C", "2", "--layers", "3", "--steps", "2",
+            "--batch-size", "16", "--out", str(out), "--quiet", *extra]
+    torch.multiprocessing.spawn(_rank_worker, args=(2, distributed._free_port(), argv, "none"), nprocs=2)
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["ranks_agree"] for r in records] == [True, True]
+    for r in records:
+        assert all(a == b and a != 0 for a, b in r["rank_checksums"].values())

@@ -284,3 +284,33 @@ def test_cuda_graphs_refuse_the_parts_not_run_captured(monkeypatch):
     for method in ("fairdarts", "beta-darts", "darts-minus", "sdarts-adv"):
         with pytest.raises(ValueError, match=f"--method {method}"):
             RunConfig.for_method(method, cuda_graphs=True, device="cuda").validate()
+
+
+def test_pt_tunes_each_supernet_with_its_own_composition():
+    # DARTS-PT fine-tunes between decisions the way the supernet was searched, its schedules held at the
+    # search's last epoch (SDARTS at the full ε, as DARTS-PT's code tunes SDARTS-RS).
+    from pynas.select.pt import tuning_strategy
+
+    def tuned(method, model, **kw):
+        return tuning_strategy(RunConfig.for_method(method, epochs=10, **kw))(model, SearchConfig(epochs=5), 3)
+
+    fair = tuned("fairdarts", tiny("sigmoid", space="darts-no-none"))
+    assert [t.name for t in fair.terms] == ["zero-one"]
+    beta = tuned("beta-darts", tiny())
+    assert [t.weight(beta.epochs_done) for t in beta.terms] == [4.5]  # λ of epoch 9
+    model = tiny(aux_skip=True)
+    minus = tuned("darts-minus", model)
+    minus.step(batch(1), batch(2))
+    assert float(model.aux_weight) == pytest.approx(0.82)  # β(9) = (50 − 9)/50
+    adv = tuned("sdarts-adv", tiny(), epsilon_alpha=0.2)
+    assert isinstance(adv.perturbation, AdversarialAttack) and adv.perturbation.current_epsilon(adv) == 0.2
+
+
+def test_pt_selection_runs_on_a_darts_minus_supernet(tmp_path, small_digits):
+    run = tmp_path / "run"
+    assert main(["search", "--method", "darts-minus", "--epochs", "1", "--C", "4", "--layers", "3", "--steps", "2",
+                 "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    assert main(["select", "--run", str(run), "--method", "pt", "--tune-epochs", "0", "--val-batches", "1",
+                 "--quiet"]) == 0
+    trail = json.loads((run / "select-pt" / "pt_trail.json").read_text())
+    assert trail and (run / "select-pt" / "genotype.txt").exists()
