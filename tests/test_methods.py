@@ -314,3 +314,12 @@ def test_pt_selection_runs_on_a_darts_minus_supernet(tmp_path, small_digits):
                  "--quiet"]) == 0
     trail = json.loads((run / "select-pt" / "pt_trail.json").read_text())
     assert trail and (run / "select-pt" / "genotype.txt").exists()
+
+
+def test_every_method_has_its_row_in_the_fidelity_document():
+    import os
+
+    doc = os.path.join(os.path.dirname(__file__), "..", "docs", "fidelity.md")
+    first_columns = [line.split("|")[1] for line in open(doc) if line.startswith("| ")]
+    missing = [m for m in METHODS if not any(f"`{m}`" in column for column in first_columns)]
+    assert not missing, f"docs/fidelity.md has no row for {missing}"
