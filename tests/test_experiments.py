@@ -165,6 +165,59 @@ def test_darts_pt_nb201_reads_each_selected_cell_from_the_benchmark(smoke, tmp_p
     assert table["rows"][0]["cells"][0] == canonical_cell(darts_argmax)
 
 
+@pytest.mark.slow(seconds=45)
+def test_modern_nb201_reads_every_epochs_cell_from_the_benchmark(smoke, tmp_path):
+    """The modern methods' NB201 searches: a first run against a file without their cells stops naming them;
+    rerun (searches kept) with a file planting every epoch's cell, each row holds the six planted numbers of its
+    final cell (mean of the file's two seeds) and the trajectory each epoch's planted CIFAR-10 test accuracy; each
+    search ran its method (SDARTS-RS: darts-pt-nb201's settings with --method sdarts-rs, ε_max 0.3)."""
+    from test_nb201_benchmark import CELLS, WHERE, write_benchmark
+
+    (tmp_path / "other").mkdir()
+    unrelated = write_benchmark(tmp_path / "other", "nats-simple", CELLS)
+    with pytest.raises(RuntimeError, match="has no record of"):
+        smoke("modern_nb201", "--benchmark", unrelated, out_name="modern")
+    runs = {"β-DARTS": ("beta-darts", "beta-darts"), "SDARTS-ADV": ("sdarts-adv", "sdarts-adv"),
+            "SDARTS-RS": ("sdarts-rs", "sdarts-rs")}  # label: (run folder prefix, config method)
+    epoch_cells = {label: [canonical_cell(json.loads(line)["genotype"]) for line in
+                           (tmp_path / "modern" / f"{prefix}-seed0" / "metrics.jsonl").read_text().splitlines()]
+                   for label, (prefix, _) in runs.items()}
+    planted = {cell: {key: (40.0 + 7 * i + j, 41.5 + 7 * i + j) for j, key in enumerate(WHERE)}
+               for i, cell in enumerate(sorted({c for cells in epoch_cells.values() for c in cells}))}
+    path = write_benchmark(tmp_path, "nats-simple", planted)
+    table, out = smoke("modern_nb201", "--benchmark", path, out_name="modern")
+    assert [r["method"] for r in table["rows"]] == list(runs)
+    trajectory = json.load(open(out / "modern_nb201_trajectory.json"))
+    assert trajectory["number"] == "cifar10_test"
+    for row in table["rows"]:
+        prefix, method = runs[row["method"]]
+        cells = epoch_cells[row["method"]]
+        assert len(cells) == 2  # --smoke: 2 epochs
+        final = canonical_cell((out / f"{prefix}-seed0" / "genotype.txt").read_text().strip())
+        assert row["cells"] == [final] == [cells[-1]]
+        for key in WHERE:
+            assert row[key] == pytest.approx(sum(planted[final][key]) / 2, abs=1e-9)
+        curve = trajectory["methods"][row["method"]]
+        assert curve["epochs"] == [1, 2]
+        assert curve["per_seed"]["0"] == pytest.approx([sum(planted[c]["cifar10_test"]) / 2 for c in cells], abs=1e-9)
+        config = json.load(open(out / f"{prefix}-seed0" / "config.json"))
+        assert (config["method"], config["space"], config["epsilon_alpha"]) == (method, "nb201", 0.3)
+    assert (out / "modern_nb201_trajectory.png").exists()
+    assert "paper" not in " ".join(table["columns"])  # no paper numbers typed in (not readable)
+
+
+def test_modern_nb201_refuses_an_unknown_method_in_one_line(tmp_path):
+    sys.path.insert(0, EXPERIMENTS)
+    try:
+        import modern_nb201
+    finally:
+        sys.path.pop(0)
+    for methods in ("drnas", "beta-darts,beta-darts", ""):
+        with pytest.raises(ValueError, match="^--methods must name each of beta-darts, sdarts-adv, sdarts-rs"):
+            modern_nb201.main(["--smoke", "--out", str(tmp_path), "--benchmark", str(tmp_path),
+                               "--methods", methods])
+
+
 def canonical_cell(cell):
     """A NAS-Bench-201 string with each node's edges in input order (the benchmark's key)."""
     nodes = [sorted(node.strip("|").split("|"), key=lambda edge: int(edge.split("~")[1])) for node in cell.split("+")]
