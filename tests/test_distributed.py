@@ -205,6 +205,7 @@ def test_weight_gradients_not_averaged_are_caught(tmp_path):
     ("fairdarts", ()),  # σ(α), the zero-one loss in both steps, the threshold rule
     # β-DARTS' term, SDARTS-ADV's attack (its start drawn alike, its gradient and losses averaged), DARTS-' skip
     ("darts", ("--regularizer", "beta-decay", "--perturbation", "adversarial", "--aux-skip")),
+    ("lambda-darts", ("--layers", "4", "--lambda", "1.0")),  # g_l averaged before p: the same p on every rank
 ])
 def test_the_composed_parts_keep_ranks_in_step(tmp_path, method, extra):
     import json

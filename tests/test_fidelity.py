@@ -284,8 +284,9 @@ def test_every_run_option_is_on_the_command_line_with_its_default(capsys):
         main(["search", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # help lines wrap anywhere
     for f in dataclasses.fields(RunConfig):
-        if f.name in ("sgas_pt", "regularizers"):  # options named apart from their field
-            assert {"sgas_pt": "--pt ", "regularizers": "--regularizer "}[f.name] in text
+        named_apart = {"sgas_pt": "--pt ", "regularizers": "--regularizer ", "lambda_reg": "--lambda "}
+        if f.name in named_apart:  # options named apart from their field
+            assert named_apart[f.name] in text
             continue
         assert f"--{f.name.replace('_', '-')}" in text, f.name
     assert text.count("(default:") >= len(dataclasses.fields(RunConfig)) - 2

@@ -76,6 +76,8 @@ def strategy_options(cfg: RunConfig, info, choose_op=None, epsilon_start: float 
     if cfg.constraint != "none":
         options.update(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
                        image_size=info.image_size)
+    if cfg.method == "lambda-darts":
+        options.update(lam=cfg.lambda_reg, epsilon0=cfg.lambda_epsilon)
     if cfg.method == "sgas":
         options.update(warmup_epochs=cfg.warmup_epochs, first_decision=cfg.first_decision,
                        decision_freq=cfg.decision_freq, choose_op=choose_op)

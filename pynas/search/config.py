@@ -104,6 +104,8 @@ class RunConfig:
     aux_beta: float = 1.0  # DARTS-: β₀, the auxiliary skip's coefficient at the start
     aux_decay: str = "linear"  # DARTS-: β's decay (none, linear, cosine, slow-cosine)
     aux_t_max: int = 50  # DARTS-: the epoch where a linear β reaches 0 (not --epochs, as the code)
+    lambda_reg: float = 0.125  # lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))
+    lambda_epsilon: float = 1e-4  # lambda-darts: ε₀ of the finite difference
     warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
     first_decision: int = 10  # SGAS: the first decision after this many epochs
     decision_freq: int = 5  # SGAS: epochs between decisions
@@ -213,10 +215,16 @@ class RunConfig:
             raise ValueError(f"--method {self.method} is bi-level: α needs a validation split, so "
                              f"--train-fraction must be below 1")
         for name in ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "a_lr", "a_weight_decay",
-                     "a_momentum", "a_grad_clip", "tau_start", "tau_end", "constraint_weight", "epsilon_alpha"):
+                     "a_momentum", "a_grad_clip", "tau_start", "tau_end", "constraint_weight", "epsilon_alpha",
+                     "lambda_epsilon"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.lambda_reg, bool) or not isinstance(self.lambda_reg, (int, float)) \
+                or not math.isfinite(self.lambda_reg) or self.lambda_reg < 0:
+            raise ValueError(f"--lambda must be a finite number >= 0, got {self.lambda_reg!r}")
+        if self.lambda_epsilon == 0:
+            raise ValueError("--lambda-epsilon must be positive")
         for name in ("tau_start", "tau_end"):
             if getattr(self, name) == 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -444,6 +452,10 @@ def add_search_arguments(parser):
                    help="adversarial perturbation: sign-gradient steps of 2ε/steps each")
     g.add_argument("--aux-beta", type=float, default=d.aux_beta, help="--aux-skip: β at the start")
     g.add_argument("--aux-decay", choices=AUX_DECAYS, default=d.aux_decay, help="--aux-skip: β's decay per epoch")
+    g.add_argument("--lambda", dest="lambda_reg", type=float, default=d.lambda_reg,
+                   help="lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))")
+    g.add_argument("--lambda-epsilon", type=float, default=d.lambda_epsilon,
+                   help="lambda-darts: ε₀ of the finite difference (ε = ε₀/‖p‖)")
     g.add_argument("--aux-t-max", type=int, default=d.aux_t_max,
                    help="--aux-skip: the epoch a linear β reaches 0 (DARTS-' code: 50, whatever --epochs)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,

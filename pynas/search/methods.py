@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 from .attack import AdversarialAttack
+from .lambda_darts import LambdaDarts
 from .parts import AuxSkipDecay, Perturbation, RandomSmoothing, build_terms
 from .strategies import DartsFirstOrder, DartsSecondOrder, FixedAlpha, SingleLevel, Snas, Sgas
 
@@ -100,6 +101,8 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("beta-darts", DartsFirstOrder, regularizers=("beta-decay=0.5",), options=NO_NONE),
     # DARTS-: DARTS plus β(e)·aux(x) beside every edge; its space keeps `none`.
     Method("darts-minus", DartsFirstOrder, aux_skip=True),
+    # Λ-DARTS' code: DARTS plus λ(e)·(g⁺ − g⁻)/2ε in the weight step (its space depends on the script).
+    Method("lambda-darts", LambdaDarts),
 )}
 
 

@@ -51,6 +51,9 @@ PRESETS = {
                                 aux_t_max=50),
     "darts-minus-s3": dict(DARTS_BASE, method="darts-minus", space="s3", aux_skip=True, aux_beta=1.0,
                            aux_decay="linear", aux_t_max=50),
+    # Λ-DARTS as dr-faustus/Lambda-DARTS run_search.sh runs its DARTS-family search (S4 on SVHN).
+    "lambda-darts-s4-svhn": dict(DARTS_BASE, method="lambda-darts", space="s4", dataset="svhn", batch_size=96,
+                                 lambda_reg=0.25, lambda_epsilon=1e-3),
     "sgas-cifar10": dict(DARTS_BASE, method="sgas", warmup_epochs=0, first_decision=10, decision_freq=5,
                          batch_increase=8),
     "wiring-dsnas-minimal": dict(DARTS_BASE, method="dsnas", space="minimal", steps=2, epochs=150, batch_size=96,
