@@ -30,6 +30,7 @@ class MixedOp(nn.Module):
         self.names = tuple(ops)
         self.stride = stride
         self.partial_channels = check_partial_channels(partial_channels, C, "MixedOp: `partial_channels`")
+        self.channels = C  # of the edge's input, all of them (the operations see C/K)
         # PC-DARTS' code max-pools the bypassed channels 2x2 with stride 2 on a reduction edge; ceil_mode
         # matches the operations' ceil(H/2) on odd sizes too (on even ones it is the same pooling).
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 and partial_channels > 1 else None
@@ -55,7 +56,7 @@ class MixedOp(nn.Module):
         nn.Module.__init__(op)
         op.names = tuple(candidates)
         op.stride = 1
-        op.partial_channels, op.bypass_pool = 1, None
+        op.partial_channels, op.bypass_pool, op.channels = 1, None, None
         op.materialised = [k for k, name in enumerate(op.names) if name != "none"]
         op.ops = nn.ModuleList([candidates[op.names[k]] for k in op.materialised])
         op._slot = {k: i for i, k in enumerate(op.materialised)}

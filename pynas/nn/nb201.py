@@ -14,6 +14,7 @@ from ..genotype import NB201Genotype
 from .layout import check_channels_last, network_input
 from .mixed_op import MixedOp
 from .ops import ReLUConvBN, build_op
+from .partial import check_partial_channels, shuffled_concat
 from .spaces import NB201, get_space
 
 NB201_NODES = 4
@@ -34,11 +35,17 @@ class ResidualReduction(nn.Module):
 
 
 class NB201SearchCell(nn.Module):
-    def __init__(self, C: int, ops, available: Optional[torch.Tensor] = None):
+    """A supernet cell; ``partial_channels`` K > 1: PC-DARTS' partial channels on
+    every edge (DrNAS' NB201 cell, xiangning-chen/DrNAS 201-space/search_cells.py:134-177:
+    each edge's operations see the first C/K channels, the rest bypass them, a channel
+    shuffle with K groups; the node sums its edges unweighted)."""
+
+    def __init__(self, C: int, ops, available: Optional[torch.Tensor] = None, partial_channels: int = 1):
         super().__init__()
+        self.partial_channels = partial_channels
         self.edges = nn.ModuleList([
             MixedOp(C, 1, ops, affine=False, available=None if available is None else available[e].tolist(),
-                    pool_bn=False)
+                    pool_bn=False, partial_channels=partial_channels)
             for e in range(len(NB201_EDGES))
         ])
         self.edge_names = [f"{j}->{i}" for j, i in NB201_EDGES]
@@ -46,15 +53,27 @@ class NB201SearchCell(nn.Module):
         self.state_observer = None  # as SearchCell's: receives the nodes after each forward
 
     def forward(self, x, weights, active=None):
+        K = self.partial_channels
         nodes, e = [x], 0
         for i in range(1, NB201_NODES):
-            outputs, ws = [], []
+            outputs, ws, bypassed = [], [], []
             for j in range(i):
-                out, w = self.edges[e].candidates(nodes[j], weights[..., e, :], None if active is None else active[e])
+                edge, edge_active = self.edges[e], None if active is None else active[e]
+                out, w = edge.candidates(nodes[j], weights[..., e, :], edge_active)
                 outputs += out
                 ws.append(w)
+                if K > 1 and (edge_active is None or edge_active):  # a removed edge passes nothing
+                    bypassed.append(edge.bypass(nodes[j]))
                 e += 1
-            nodes.append(mixed_sum(outputs, torch.cat(ws, -1)) if outputs else nodes[0].mul(0.0))
+            operated = mixed_sum(outputs, torch.cat(ws, -1)) if outputs else None
+            if K == 1:
+                nodes.append(operated if operated is not None else nodes[0].mul(0.0))
+                continue
+            # The shuffle is a permutation of channels: the sum of the edges' shuffled outputs is
+            # the shuffle of the summed operated and summed bypassed channels.
+            if operated is None:
+                operated = self.edges[0].operated(nodes[0]).mul(0.0)
+            nodes.append(shuffled_concat(operated, sum(bypassed), K) if bypassed else nodes[0].mul(0.0))
         if self.state_observer is not None:
             self.state_observer(self, nodes)
         return nodes[-1]
@@ -75,15 +94,22 @@ class NB201ChildCell(nn.Module):
 
 
 class NB201Network(nn.Module):
-    """The supernet (``genotype=None``; α in ``self.arch``) or the child of ``genotype``."""
+    """The supernet (``genotype=None``; α in ``self.arch``) or the child of ``genotype``.
+    ``partial_channels`` K > 1: the supernet's edges see C/K channels (K divides C;
+    no edge normalisation, as DrNAS' NB201 cell)."""
 
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, genotype: Optional[NB201Genotype] = None,
                  space=NB201, in_channels: int = 3, relaxation: str = "softmax", arch: Optional[Architecture] = None,
-                 channels_last: Optional[bool] = None, **arch_kwargs):
+                 channels_last: Optional[bool] = None, partial_channels: int = 1, **arch_kwargs):
         super().__init__()
         self.C = C
+        check_partial_channels(partial_channels, C, "NB201Network: `partial_channels`")
+        if genotype is not None and partial_channels != 1:
+            raise ValueError("NB201Network: `partial_channels` applies to the supernet, not a child (genotype)")
+        # The operations' convolutions see C/K channels: what the channels-last choice depends on.
+        self.min_channels = C // partial_channels
         # The layout it computes in (None: automatic, see pynas.nn.layout.network_input).
-        self.channels_last = check_channels_last(channels_last, C, "NB201Network")
+        self.channels_last = check_channels_last(channels_last, self.min_channels, "NB201Network")
         if isinstance(genotype, str):
             genotype = NB201Genotype.parse(genotype)
         if genotype is not None and len(genotype.nodes) != NB201_NODES - 1:
@@ -100,7 +126,7 @@ class NB201Network(nn.Module):
                 layers.append(ResidualReduction(C_prev, C_stage))
             for _ in range(N):
                 layers.append(NB201ChildCell(C_stage, genotype) if genotype is not None
-                              else NB201SearchCell(C_stage, space.ops, self.arch.mask("cell")))
+                              else NB201SearchCell(C_stage, space.ops, self.arch.mask("cell"), partial_channels))
             C_prev = C_stage
         self.cells = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
@@ -115,7 +141,7 @@ class NB201Network(nn.Module):
         return self.arch.parameters() if self.arch is not None else iter(())
 
     def forward(self, x):
-        h = self.stem(network_input(x, self.channels_last, self.C))
+        h = self.stem(network_input(x, self.channels_last, self.min_channels))
         shared = None
         for layer in self.cells:
             if isinstance(layer, NB201SearchCell):

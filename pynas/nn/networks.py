@@ -35,6 +35,9 @@ class SearchNetwork(nn.Module):
     second forward of every cell.
     ``partial_channels`` K > 1: PC-DARTS (partial channel connections on every
     edge, and β's edge normalisation in a new ``arch``); K must divide C.
+    ``edge_normalisation``: β in a new ``arch`` (True), none (False: e.g. DrNAS'
+    partial channels, whose cell sums its edges unweighted, xiangning-chen/DrNAS
+    DARTS-space/model_search.py:87-98), or None: β exactly with partial channels.
     ``aux_skip``: DARTS-' auxiliary skip connection on every edge of every cell
     (:class:`~pynas.nn.SearchCell`, ``cell.aux_skips``), weighted by one β for the
     whole network: the 0-d buffer ``aux_weight`` (1.0 at first, DARTS-' ``--skip_beta``
@@ -47,7 +50,8 @@ class SearchNetwork(nn.Module):
                  multiplier: int = 4, stem_multiplier: int = 3, space="darts", in_channels: int = 3,
                  inputs: int = 2, relaxation: str = "softmax", arch: Optional[Architecture] = None,
                  channels_last: Optional[bool] = None, classifier_bias: bool = True, partial_channels: int = 1,
-                 checkpoint_cells: bool = False, aux_skip: bool = False, **arch_kwargs):
+                 checkpoint_cells: bool = False, aux_skip: bool = False,
+                 edge_normalisation: Optional[bool] = None, **arch_kwargs):
         super().__init__()
         self.C = C
         if not isinstance(aux_skip, bool):
@@ -61,7 +65,15 @@ class SearchNetwork(nn.Module):
             raise ValueError(f"SearchNetwork: `layers` must be >= 1, got {layers}")
         space = get_space(space)
         num_edges = len(cell_edges(steps, inputs))
-        if arch is None and partial_channels > 1:  # PC-DARTS Sec. 3.3: β comes with partial channels
+        if edge_normalisation not in (None, True, False):
+            raise ValueError(f"SearchNetwork: `edge_normalisation` must be None, True or False, "
+                             f"got {edge_normalisation!r}")
+        if arch is not None and edge_normalisation is not None:
+            raise ValueError("SearchNetwork: `edge_normalisation` configures a new `arch`; the given `arch` already "
+                             "has or lacks β")
+        if edge_normalisation is None:  # PC-DARTS Sec. 3.3: β comes with partial channels
+            edge_normalisation = partial_channels > 1
+        if arch is None and edge_normalisation:
             arch_kwargs = dict(arch_kwargs, edge_normalisation=True, inputs=inputs)
         self.arch = arch if arch is not None else Architecture(space, num_edges, ("normal", "reduce"),
                                                                relaxation=relaxation, **arch_kwargs)
