@@ -7,10 +7,8 @@ Methods (METHODS: adding one is one entry):
 - β-DARTS: preset beta-darts-nb201 (Sunshine-Ye/Beta-DARTS nasbench201/train_search.py, its only runnable search).
 - SDARTS-ADV: preset sdarts-adv-nb201 (xiangning-chen/SmoothDARTS nasbench201/train_search.py
   `--perturb_alpha pgd_linf`).
-- SDARTS-RS: `--preset darts-pt-nb201 --method sdarts-rs`. SmoothDARTS' NB201 script takes `--perturb_alpha random`
-  (nasbench201/train_search.py:110-111, `Random_alpha`) with every other value as for pgd_linf (100 epochs, N 5,
-  ε_max 0.3, DARTS' optimisers: docs/presets.md sdarts-adv-nb201); darts-pt-nb201 is those settings with
-  --method darts, and pynas' ε_max default is 0.3. SmoothDARTS' README lists no NB201 command for either.
+- SDARTS-RS: preset sdarts-rs-nb201 (SmoothDARTS nasbench201/train_search.py `--perturb_alpha random`, lines
+  110-111, `Random_alpha`, every other value as for pgd_linf). SmoothDARTS' README lists no NB201 command for either.
 
 Every search runs `pynas search --benchmark PATH` (NAS-Bench-201's .pth, NATS-Bench's .pickle.pbz2 or its -simple
 directory), which logs each epoch's cell and its numbers in metrics.jsonl; no child is trained. Searches are not
@@ -34,7 +32,7 @@ SOURCE = ("β-DARTS (Ye et al., CVPR 2022), SDARTS (Chen & Hsieh, ICML 2020): th
 METHODS = {
     "beta-darts": ("β-DARTS", "beta-darts-nb201", ()),
     "sdarts-adv": ("SDARTS-ADV", "sdarts-adv-nb201", ()),
-    "sdarts-rs": ("SDARTS-RS", "darts-pt-nb201", ("--method", "sdarts-rs")),
+    "sdarts-rs": ("SDARTS-RS", "sdarts-rs-nb201", ()),
 }
 # The benchmark's numbers (pynas.nb201_benchmark.METRICS) and their columns.
 NUMBERS = {"cifar10_valid": "CIFAR-10 valid (%)", "cifar10_test": "CIFAR-10 test (%)",

@@ -170,7 +170,7 @@ def test_modern_nb201_reads_every_epochs_cell_from_the_benchmark(smoke, tmp_path
     """The modern methods' NB201 searches: a first run against a file without their cells stops naming them;
     rerun (searches kept) with a file planting every epoch's cell, each row holds the six planted numbers of its
     final cell (mean of the file's two seeds) and the trajectory each epoch's planted CIFAR-10 test accuracy; each
-    search ran its method (SDARTS-RS: darts-pt-nb201's settings with --method sdarts-rs, ε_max 0.3)."""
+    search ran its method and preset (ε_max 0.3 for the SDARTS ones)."""
     from test_nb201_benchmark import CELLS, WHERE, write_benchmark
 
     (tmp_path / "other").mkdir()

@@ -37,6 +37,7 @@ PRESETS = {
     "sdarts-rs-cifar10": dict(DARTS_BASE, method="sdarts-rs", space="darts-no-none", epsilon_alpha=0.3),
     "sdarts-adv-cifar10": dict(DARTS_BASE, method="sdarts-adv", space="darts-no-none", epsilon_alpha=0.3,
                                attack_steps=7),
+    "sdarts-rs-nb201": dict(DARTS_BASE, method="sdarts-rs", space="nb201", layers=15, epochs=100, epsilon_alpha=0.3),
     "sdarts-adv-nb201": dict(DARTS_BASE, method="sdarts-adv", space="nb201", layers=15, epochs=100,
                              epsilon_alpha=0.3, attack_steps=7),
     # FairDARTS as xiaomi-automl/FairDARTS fairdarts/train_search.py and its README's search command run it.
