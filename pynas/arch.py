@@ -12,6 +12,8 @@ chosen by name, maps α to the weights every :class:`~pynas.nn.MixedOp` feeds to
 - ``categorical``  DSNAS (Sec. 4, App. B): a one-hot sample Z_s from p =
                    softmax(α) whose weight has value 1 and gradient ∇α log p_s,
                    so α's gradient is C·(δ_s − p) with C = Σ ∂L/∂O_s ⊙ O_s.
+- ``dirichlet``    DrNAS (Chen et al. 2021): a reparameterised sample of
+                   Dirichlet(ELU(α) + 1) per edge (:func:`dirichlet_weights`).
 
 A boolean mask per cell type fixes an edge to one operation, removes an
 operation or removes an edge (perturbation-based selection); masked entries get
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from .functional import gumbel_softmax
 from .nn.spaces import SearchSpace, get_space
 
-RELAXATIONS = ("softmax", "sigmoid", "gumbel", "gumbel_hard", "categorical")
+RELAXATIONS = ("softmax", "sigmoid", "gumbel", "gumbel_hard", "categorical", "dirichlet")
 SAMPLE_PER = ("forward", "cell", "sample")
 
 
@@ -270,7 +272,8 @@ class Architecture(nn.Module):
     # -- relaxed weights -------------------------------------------------------
     def probabilities(self, cell_type: str) -> torch.Tensor:
         """The deterministic relaxation of α (softmax, or sigmoid for
-        ``sigmoid``), masked: what derivation rules read."""
+        ``sigmoid``), masked: what derivation rules read. Softmax(α) under
+        ``dirichlet`` too, as DrNAS derives (not the Dirichlet mean)."""
         deterministic = "sigmoid" if self.relaxation == "sigmoid" else "softmax"
         return relax(self.alphas[cell_type], self.mask(cell_type), deterministic).weights
 
@@ -523,6 +526,8 @@ def _relax(alpha, mask, relaxation, temperature=1.0, generator=None, batch_size=
         if batch_size is not None:
             w = w.expand(batch_size, *w.shape)
         return w, None
+    if relaxation == "dirichlet":
+        return dirichlet_weights(alpha, mask, generator, batch_size), None
     logits = _masked_logits(alpha, mask)
     if batch_size is not None:
         logits = logits.expand(batch_size, *logits.shape)
@@ -600,3 +605,80 @@ def _masked_logits(alpha, mask):
 def _masked_softmax(alpha, mask):
     w = _masked_logits(alpha, mask).softmax(-1)
     return torch.where(mask, w, torch.zeros_like(w))
+
+
+# -- DrNAS' Dirichlet relaxation ---------------------------------------------------
+
+
+def dirichlet_concentration(alpha: torch.Tensor) -> torch.Tensor:
+    """DrNAS' concentration β = ELU(α) + 1 > 0 (xiangning-chen/DrNAS utils.py:170-172,
+    DARTS-space/model_search.py:201-202)."""
+    return F.elu(alpha) + 1
+
+
+def dirichlet_weights(alpha: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None,
+                      batch_size: Optional[int] = None) -> torch.Tensor:
+    """DrNAS' relaxed weights (xiangning-chen/DrNAS @ f2caa4d utils.py:167-183): per
+    edge row a reparameterised sample of Dirichlet(ELU(α) + 1), drawn and
+    differentiated by ``torch.distributions.Dirichlet.rsample``, the call the
+    authors' code makes (``torch._sample_dirichlet`` and its implicit gradient).
+
+    The sample is drawn over all operations; entries the mask removes are then
+    zeroed and each row renormalised over the kept ones, so the kept weights are
+    distributed Dirichlet(β_kept). Removed operations and removed edges (all
+    False: weights 0, where the code would divide by 0) pass no gradient to α.
+    With ``batch_size``, one sample per input sample (``[B, ..., K]``).
+
+    Every call samples, in eval mode too, as the code's ``infer`` does
+    (DARTS-space/train_search.py:209-234): a validation accuracy under this
+    relaxation is that of one random sample per forward. What derivation reads
+    is softmax(α) (:meth:`Architecture.probabilities`), as DrNAS derives.
+
+    ``generator`` (CPU or CUDA) is the stream drawn from: torch's gamma sampler
+    takes none, so the device's global RNG draws from the generator's state,
+    which then advances by the draw; the global RNG is left as it was
+    (:func:`_global_rng_from`). With None the global RNG draws."""
+    with _global_rng_from(generator, alpha.device):
+        beta = dirichlet_concentration(alpha)
+        # The detached copy gives the same sample; only α's kept entries get a gradient.
+        beta = torch.where(mask, beta, beta.detach())
+        if batch_size is not None:
+            beta = beta.expand(batch_size, *beta.shape)
+        sample = torch.distributions.Dirichlet(beta, validate_args=False).rsample()
+    kept = torch.where(mask, sample, torch.zeros_like(sample))
+    total = kept.sum(-1, keepdim=True)
+    return kept / torch.where(total > 0, total, torch.ones_like(total))
+
+
+@contextlib.contextmanager
+def _global_rng_from(generator: Optional[torch.Generator], device: torch.device):
+    """Within the block the global RNG of ``device`` continues ``generator``'s
+    stream; afterwards ``generator`` holds the advanced state and the global RNG
+    its state from before (as ``torch.random.fork_rng``, for samplers such as
+    ``torch._sample_dirichlet`` that take no generator). A CUDA generator and the
+    device's default one are the same class (Philox seed and offset), so the
+    state carries over as it does on the CPU."""
+    if generator is None:
+        yield
+        return
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"dirichlet relaxation: a seeded `generator` draws on CPU or CUDA only, "
+                         f"α is on {device}")
+    if _device_index(generator.device) != _device_index(device):
+        raise ValueError(f"dirichlet relaxation: the `generator` is on {generator.device}, α on {device}")
+    default = (torch.default_generator if device.type == "cpu"
+               else torch.cuda.default_generators[_device_index(device)[1]])
+    saved = default.get_state()
+    default.set_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(default.get_state())
+        default.set_state(saved)
+
+
+def _device_index(device: torch.device) -> tuple:
+    """``(type, index)``, a CUDA device without an index read as the current one."""
+    if device.type == "cuda" and device.index is None:
+        return device.type, torch.cuda.current_device()
+    return device.type, device.index

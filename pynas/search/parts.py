@@ -23,6 +23,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..arch import dirichlet_concentration
+
 
 # -- terms of the objective ---------------------------------------------------------
 
@@ -129,11 +131,62 @@ class ResourceCost(Term):
         return self.constraint.penalty(model.arch, self.tables, model.last_edge_weights or None)
 
 
+class DirichletKL(Term):
+    """DrNAS' KL regulariser (xiangning-chen/DrNAS @ f2caa4d DARTS-space/model_search.py:193-209,
+    201-space/search_model.py:57-72, ``--reg_type kl``): ``Σ_edges KL(Dir(β_e) ‖ Dir(1))``
+    with β = ELU(α) + 1, summed over the edges of every cell type, in closed form
+
+        KL = lgamma(Σβ) − Σ_k lgamma(β_k) − lgamma(K) + Σ_k (β_k − 1)(ψ(β_k) − ψ(Σβ)).
+
+    α's loss only: the code adds it in ``_loss``, which only the architect's α step
+    calls; the weight step is plain cross-entropy (DARTS-space/train_search.py:187-192).
+    The code sets α's Adam weight decay to 0 under ``kl`` (architect.py:17-22).
+
+    Masks (``over``): ``"kept"`` (default) takes each edge's distribution over the
+    operations its mask keeps, Dir(β_kept) ‖ Dir(1_kept) (what the relaxation
+    samples: a renormalised Dirichlet over the kept entries is Dirichlet(β_kept)),
+    and leaves removed edges out; ``"all"`` runs over every operation of every
+    edge whatever the masks, as the code does after pruning (its masks never
+    enter ``_get_kl_reg``). The two agree while nothing is masked; pynas' choice
+    of ``"kept"`` also keeps a space's unavailable operations out of the term."""
+
+    name = "dirichlet-kl"
+    joins = ("alpha",)
+    relaxations = ("dirichlet",)
+    why = "it is the KL of the Dirichlet(ELU(α) + 1) the relaxation samples from"
+
+    def __init__(self, weight: float = 1e-3, over: str = "kept"):
+        if over not in ("kept", "all"):
+            raise ValueError(f"DirichletKL: `over` must be 'kept' or 'all', got {over!r}")
+        self._weight, self.over = check_weight(weight, self.name), over
+
+    def weight(self, epoch):
+        return self._weight
+
+    def value(self, model):
+        arch = model.arch
+        if self.over == "all":
+            rows = [(arch.alphas[t], torch.ones_like(arch.mask(t))) for t in arch.cell_types]
+        else:
+            rows = _available_alpha(arch)
+        return sum(_dirichlet_kl_from_uniform(dirichlet_concentration(alpha), mask).sum() for alpha, mask in rows)
+
+
+def _dirichlet_kl_from_uniform(beta, mask):
+    """Per row, KL(Dir(β over the entries ``mask`` keeps) ‖ Dir(1)) in closed form."""
+    zero = torch.zeros_like(beta)
+    total = torch.where(mask, beta, zero).sum(-1, keepdim=True)
+    k = mask.sum(-1).to(beta.dtype)
+    entries = torch.where(mask, (beta - 1) * (torch.digamma(beta) - torch.digamma(total)) - torch.lgamma(beta), zero)
+    return torch.lgamma(total.squeeze(-1)) - torch.lgamma(k) + entries.sum(-1)
+
+
 # --regularizer NAME[=WEIGHT]: the term and its default weight.
 REGULARIZERS = {
     "zero-one": (lambda w: ZeroOneLoss(w, "l2"), 10.0),
     "zero-one-l1": (lambda w: ZeroOneLoss(w, "l1"), 10.0),
     "beta-decay": (BetaDecay, 0.5),
+    "dirichlet-kl": (DirichletKL, 1e-3),
 }
 
 
