@@ -283,7 +283,8 @@ def test_stage_schedule():
     assert nb.frozen_epochs == [10, 10]
     for bad, match in ((dict(keep_ops=(8, 4)), "keep_ops"), (dict(partial_channels=(4, 6)), "partial_channels"),
                        (dict(partial_channels=(4, 2)), "partial channels 6"), (dict(stage_epochs=[1, 2]), "stage_epochs"),
-                       (dict(frozen_fraction=1.0), "frozen_fraction"), (dict(keep_ops=(7, 4, 2)), "keep_ops")):
+                       (dict(frozen_fraction=1.0), "frozen_fraction"),
+                       (dict(partial_channels=(6, 5)), "does not widen"), (dict(keep_ops=(7, 4, 2)), "keep_ops")):
         with pytest.raises(ValueError, match=match):
             strategy(supernet(), **bad)
     with pytest.raises(ValueError, match="warmup"):

@@ -41,7 +41,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..nn.widen import partial_channels_of, widen
+from ..nn.widen import mixed_ops, partial_channels_of, widen
 from .strategies import DartsFirstOrder
 
 # train_search.py:182 (α trains at stage-local epoch >= 10) of train_search.py:122's 25-epoch stages.
@@ -77,6 +77,13 @@ class ProgressiveDrnas(DartsFirstOrder):
         if K != self.stage_partial_channels[0]:
             raise ValueError(f"drnas: the supernet has partial channels {K}, but the first stage's "
                              f"`partial_channels` is {self.stage_partial_channels[0]}: build it with that K")
+        for edge in mixed_ops(model):  # refused now, not after the first stage's training
+            bad = [k for k in self.stage_partial_channels[1:] if edge.channels % k or (edge.stride == 2 and
+                                                                                       (edge.channels // k) % 2)]
+            if bad:
+                raise ValueError(f"drnas: `partial_channels` {bad[0]} does not widen an edge of {edge.channels} "
+                                 f"channels: K must divide each edge's channels (and leave an even C/K on a "
+                                 f"reduction edge, for its factorized reduce)")
         arch = model.arch
         for t in arch.cell_types:
             counts = set(arch.mask(t).sum(-1).tolist())
