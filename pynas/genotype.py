@@ -279,7 +279,7 @@ def _edge_groups(num_edges: int, inputs: int = 2) -> Tuple[int, List[List[int]]]
 
 
 # The derivation rules :func:`derive_cell` knows.
-RULES = ("darts", "snas", "threshold")
+RULES = ("darts", "darts-with-none", "snas", "threshold")
 
 
 def _check_threshold(threshold) -> float:
@@ -295,6 +295,9 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
 
     - ``darts``: per node, the ``k`` incoming edges whose best non-``none`` weight
       is largest; each keeps its argmax excluding ``none`` (two-input form).
+    - ``darts-with-none``: the ``darts`` rule with ``none`` ranked and chosen like
+      any operation (OLES' code, model_search.py:137-154, whose line excluding
+      ``none`` is commented out); a kept ``none`` edge adds nothing to its node.
     - ``snas``: every edge whose argmax is not ``none`` (edge-all form, with
       ``none`` where an edge is dropped); a node may keep any number of edges.
     - ``threshold``: FairDARTS' ``threshold_sparse`` (xiaomi-automl/FairDARTS,
@@ -318,9 +321,9 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
     none = ops.index("none") if "none" in ops else None
     chosen: List[List[Pair]] = []  # per node, its kept (op, input) pairs
     for rows in groups:
-        if rule in ("darts", "threshold"):
+        if rule in ("darts", "darts-with-none", "threshold"):
             w_ops = w[rows].clone()
-            if none is not None:
+            if none is not None and rule != "darts-with-none":
                 w_ops[:, none] = float("-inf")
             strength = w_ops.max(-1).values
             # Strongest first, as DARTS lists them; removed edges are never kept.
@@ -332,7 +335,7 @@ def derive_cell(weights: torch.Tensor, ops: Sequence[str], rule: str = "darts", 
         else:
             chosen.append([(ops[int(w[r].argmax())], j) for j, r in enumerate(rows)
                            if w[r].max() > float("-inf") and ops[int(w[r].argmax())] != "none"])
-    if rule == "darts" and all(len(node) == k == 2 for node in chosen):
+    if rule in ("darts", "darts-with-none") and all(len(node) == k == 2 for node in chosen):
         pairs = [p for node in chosen for p in node]
     else:  # edge-all form: every edge in order, `none` where it is not kept
         pairs = []

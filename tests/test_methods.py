@@ -323,3 +323,21 @@ def test_every_method_has_its_row_in_the_fidelity_document():
     first_columns = [line.split("|")[1] for line in open(doc) if line.startswith("| ")]
     missing = [m for m in METHODS if not any(f"`{m}`" in column for column in first_columns)]
     assert not missing, f"docs/fidelity.md has no row for {missing}"
+
+
+def test_the_darts_rule_with_none_ranks_and_keeps_none_as_oles_code():
+    # OLES model_search.py:137-154: per node the two edges with the largest weight, `none` included, each with
+    # its argmax, `none` included. One node (two steps: edges 0-1 feed node 2, edges 2-4 node 3), ops by hand.
+    from pynas.genotype import derive_cell
+
+    ops = ["none", "skip_connect", "sep_conv_3x3"]
+    w = torch.tensor([[0.7, 0.2, 0.1],   # edge 0 -> node 2: `none` strongest
+                      [0.1, 0.3, 0.6],   # edge 1 -> node 2
+                      [0.2, 0.5, 0.3],   # edge 2 -> node 3
+                      [0.9, 0.05, 0.05],  # edge 3 -> node 3: `none`, the strongest edge
+                      [0.3, 0.3, 0.4]])  # edge 4 -> node 3: 0.4 < 0.5, dropped
+    pairs, concat = derive_cell(w, ops, "darts-with-none")
+    assert pairs == [("none", 0), ("sep_conv_3x3", 1), ("none", 1), ("skip_connect", 0)] and concat == [2, 3]
+    # DARTS' rule leaves `none` out of both the ranking and the choice.
+    assert derive_cell(w, ops, "darts")[0] == [("sep_conv_3x3", 1), ("skip_connect", 0),
+                                               ("skip_connect", 0), ("sep_conv_3x3", 2)]

@@ -76,6 +76,8 @@ def strategy_options(cfg: RunConfig, info, choose_op=None, epsilon_start: float 
     if cfg.constraint != "none":
         options.update(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
                        image_size=info.image_size)
+    if cfg.method == "oles":
+        options.update(window=cfg.oles_window, threshold=cfg.oles_threshold)
     if cfg.method == "lambda-darts":
         options.update(lam=cfg.lambda_reg, epsilon0=cfg.lambda_epsilon)
     if cfg.method == "sgas":

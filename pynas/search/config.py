@@ -21,6 +21,7 @@ from .budget import budget_bytes
 from .cost import ESTIMATORS, PRESETS
 from .cuda_graphs import check_cuda_graphs
 from .methods import DERIVATIONS, METHODS, PERTURBATIONS, check_composition
+from .oles import check_options as check_oles_options
 from .parts import AUX_DECAYS, AuxSkipDecay, build_terms, check_epsilon
 from .presets import PRESETS as SEARCH_PRESETS
 from .strategies import A_OPTIMIZERS
@@ -106,6 +107,8 @@ class RunConfig:
     aux_t_max: int = 50  # DARTS-: the epoch where a linear β reaches 0 (not --epochs, as the code)
     lambda_reg: float = 0.125  # lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))
     lambda_epsilon: float = 1e-4  # lambda-darts: ε₀ of the finite difference
+    oles_window: int = 20  # oles: α steps per window (the code judges window + 1 similarities over window)
+    oles_threshold: float = 0.4  # oles: an operation whose window similarity falls below this is frozen
     warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
     first_decision: int = 10  # SGAS: the first decision after this many epochs
     decision_freq: int = 5  # SGAS: epochs between decisions
@@ -308,6 +311,7 @@ class RunConfig:
                 or not 0 < self.threshold < 1:
             raise ValueError(f"--threshold must be in (0, 1), got {self.threshold!r}")
         AuxSkipDecay(self.aux_beta, self.aux_decay, self.aux_t_max)
+        check_oles_options(self.oles_window, self.oles_threshold)
         if self.cuda_graphs and (r.regularizers or r.aux_skip or r.perturbation == "adversarial"):
             raise ValueError("--cuda-graphs captures compositions without regularizers, auxiliary skip and "
                              "adversarial perturbation (those have not run captured on a GPU yet): drop it")
@@ -456,6 +460,10 @@ def add_search_arguments(parser):
                    help="lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))")
     g.add_argument("--lambda-epsilon", type=float, default=d.lambda_epsilon,
                    help="lambda-darts: ε₀ of the finite difference (ε = ε₀/‖p‖)")
+    g.add_argument("--oles-window", type=int, default=d.oles_window,
+                   help="oles: α steps per window (the code judges window + 1 similarities over window)")
+    g.add_argument("--oles-threshold", type=float, default=d.oles_threshold,
+                   help="oles: freeze an operation whose window's gradient similarity is below this")
     g.add_argument("--aux-t-max", type=int, default=d.aux_t_max,
                    help="--aux-skip: the epoch a linear β reaches 0 (DARTS-' code: 50, whatever --epochs)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,

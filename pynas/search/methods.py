@@ -19,11 +19,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from .attack import AdversarialAttack
 from .lambda_darts import LambdaDarts
+from .oles import Oles
 from .parts import AuxSkipDecay, Perturbation, RandomSmoothing, build_terms
 from .strategies import DartsFirstOrder, DartsSecondOrder, FixedAlpha, SingleLevel, Snas, Sgas
 
 PERTURBATIONS = ("none", "random", "adversarial")
-DERIVATIONS = ("darts", "snas", "nb201", "threshold")
+DERIVATIONS = ("darts", "darts-with-none", "snas", "nb201", "threshold")
 SOFT = ("softmax", "sigmoid", "gumbel")
 
 
@@ -103,6 +104,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("darts-minus", DartsFirstOrder, aux_skip=True),
     # Λ-DARTS' code: DARTS plus λ(e)·(g⁺ − g⁻)/2ε in the weight step (its space depends on the script).
     Method("lambda-darts", LambdaDarts),
+    # OLES' code: DARTS first order, an operation frozen when its gradients' cosine stays below 0.4; `none` kept
+    # in the space and in the derivation.
+    Method("oles", Oles, derivation="darts-with-none"),
 )}
 
 
@@ -117,7 +121,8 @@ def check_composition(order: type, relaxation: str, regularizers: Sequence[str],
     named = f"--method {method}" if method else "this method"
     if perturbation != "none":
         if relaxation != "softmax":
-            kind = {"gumbel": "mixes by Gumbel-softmax samples", "sigmoid": "weighs each operation by σ(α)"}.get(
+            kind = {"gumbel": "mixes by Gumbel-softmax samples", "sigmoid": "weighs each operation by σ(α)",
+                    "dirichlet": "mixes by Dirichlet samples"}.get(
                 relaxation, "draws a hard sample, one operation per edge")
             raise ValueError(f"--perturbation {perturbation} perturbs softmax(α) within the simplex of each edge; "
                              f"{named} {kind} ({relaxation}), not softmax(α)")

@@ -364,6 +364,9 @@ class SearchRun:
                   "val_loss": val_loss, "val_acc": val_acc, "temperature": self.model.arch.temperature,
                   "cost": getattr(self.strategy, "last_cost", None),
                   "decisions": getattr(self.strategy, "last_decisions", None),
+                  # OLES: the operations frozen in this epoch
+                  "frozen_ops": ([d for d in self.strategy.frozen_ops if d["epoch"] == self.epoch - 1]
+                                 if hasattr(self.strategy, "frozen_ops") else None),
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "epoch_seconds": epoch_seconds, "images_per_second": images_per_second,
                   # The composition's terms in their last loss, DARTS-' β of the epoch (None where absent).
