@@ -27,12 +27,13 @@ import common  # noqa: E402
 NAME = "modern_nb201"
 SOURCE = ("β-DARTS (Ye et al., CVPR 2022), SDARTS (Chen & Hsieh, ICML 2020): their NAS-Bench-201 tables; the papers' "
           "numbers are not reproduced here (texts not readable): see the papers")
-# --methods name: (table label, preset, options after it). DrNAS goes here as ("DrNAS", "drnas-nb201", ()) once
-# pynas has that preset.
+# --methods name: (table label, preset, options after it).
 METHODS = {
     "beta-darts": ("β-DARTS", "beta-darts-nb201", ()),
     "sdarts-adv": ("SDARTS-ADV", "sdarts-adv-nb201", ()),
     "sdarts-rs": ("SDARTS-RS", "sdarts-rs-nb201", ()),
+    "drnas": ("DrNAS", "drnas-nb201", ()),
+    "drnas-progressive": ("DrNAS (progressive)", "drnas-nb201-progressive", ()),
 }
 # The benchmark's numbers (pynas.nb201_benchmark.METRICS) and their columns.
 NUMBERS = {"cifar10_valid": "CIFAR-10 valid (%)", "cifar10_test": "CIFAR-10 test (%)",

@@ -291,19 +291,28 @@ def load_checkpoint(path, kind: str, expected: dict, shapes: dict = None, map_lo
             raise InputError(f"{path} is a {kind} checkpoint of {key} {quoted(got, 60)}, but this run's {key} is "
                              f"{quoted(want, 60)}{written}")
     if shapes is not None:
-        saved = header.get("shapes")
-        if not isinstance(saved, dict):
-            raise InputError(f"{path}: its header has no parameter shapes{written}")
-        missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
-        if missing or extra:
-            names = ", ".join((missing + extra)[:3])
-            raise InputError(f"{path} holds a different network: {len(missing)} parameters missing, {len(extra)} "
-                             f"unexpected ({names}{' ...' if len(missing) + len(extra) > 3 else ''}){written}")
-        for name, shape in shapes.items():
-            if list(saved[name]) != list(shape):
-                raise InputError(f"{path} holds a different network: {name} has shape {_shape_str(saved[name])} "
-                                 f"in the checkpoint but {_shape_str(shape)} here{written}")
+        check_parameter_shapes(path, state, shapes)
     return state
+
+
+def check_parameter_shapes(path, state: dict, shapes: dict) -> None:
+    """The checkpoint ``state`` read from ``path`` (:func:`load_checkpoint`) is for a model of parameter
+    ``shapes``, or InputError in one line naming the file (for a model whose shapes are only known after
+    reading the checkpoint, e.g. a DrNAS supernet widened in its second stage)."""
+    header = state[_HEADER]
+    written = f" (pynas {header.get('version', '?')})"
+    saved = header.get("shapes")
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: its header has no parameter shapes{written}")
+    missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
+    if missing or extra:
+        names = ", ".join((missing + extra)[:3])
+        raise InputError(f"{path} holds a different network: {len(missing)} parameters missing, {len(extra)} "
+                         f"unexpected ({names}{' ...' if len(missing) + len(extra) > 3 else ''}){written}")
+    for name, shape in shapes.items():
+        if list(saved[name]) != list(shape):
+            raise InputError(f"{path} holds a different network: {name} has shape {_shape_str(saved[name])} "
+                             f"in the checkpoint but {_shape_str(shape)} here{written}")
 
 
 def _verify(path, header: dict, state: dict) -> None:

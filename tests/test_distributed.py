@@ -206,6 +206,7 @@ def test_weight_gradients_not_averaged_are_caught(tmp_path):
     # β-DARTS' term, SDARTS-ADV's attack (its start drawn alike, its gradient and losses averaged), DARTS-' skip
     ("darts", ("--regularizer", "beta-decay", "--perturbation", "adversarial", "--aux-skip")),
     ("lambda-darts", ("--layers", "4", "--lambda", "1.0")),  # g_l averaged before p: the same p on every rank
+    ("drnas", ("--C", "12")),  # the same Dirichlet samples and, at the stage boundary, the same widening
 ])
 def test_the_composed_parts_keep_ranks_in_step(tmp_path, method, extra):
     import json

@@ -178,7 +178,8 @@ def test_modern_nb201_reads_every_epochs_cell_from_the_benchmark(smoke, tmp_path
     with pytest.raises(RuntimeError, match="has no record of"):
         smoke("modern_nb201", "--benchmark", unrelated, out_name="modern")
     runs = {"β-DARTS": ("beta-darts", "beta-darts"), "SDARTS-ADV": ("sdarts-adv", "sdarts-adv"),
-            "SDARTS-RS": ("sdarts-rs", "sdarts-rs")}  # label: (run folder prefix, config method)
+            "SDARTS-RS": ("sdarts-rs", "sdarts-rs"), "DrNAS": ("drnas", "drnas"),
+            "DrNAS (progressive)": ("drnas-progressive", "drnas")}  # label: (run folder prefix, config method)
     epoch_cells = {label: [canonical_cell(json.loads(line)["genotype"]) for line in
                            (tmp_path / "modern" / f"{prefix}-seed0" / "metrics.jsonl").read_text().splitlines()]
                    for label, (prefix, _) in runs.items()}
@@ -212,7 +213,7 @@ def test_modern_nb201_refuses_an_unknown_method_in_one_line(tmp_path):
         import modern_nb201
     finally:
         sys.path.pop(0)
-    for methods in ("drnas", "beta-darts,beta-darts", ""):
+    for methods in ("enas", "beta-darts,beta-darts", ""):
         with pytest.raises(ValueError, match="^--methods must name each of beta-darts, sdarts-adv, sdarts-rs"):
             modern_nb201.main(["--smoke", "--out", str(tmp_path), "--benchmark", str(tmp_path),
                                "--methods", methods])

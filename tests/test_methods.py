@@ -270,6 +270,12 @@ def test_the_composed_command_runs_and_logs_its_parts(tmp_path, small_digits):
     (["--derivation", "threshold", "--threshold", "1.5"], "--threshold"),
     (["--regularizer", "beta-decay=inf"], "--regularizer"),
     (["--aux-skip", "--aux-beta", "-1"], "--aux-beta"),
+    (["--method", "drnas"], "--C 12"),  # its stages' K 6 and 4 must divide C (8 by default)
+    (["--method", "drnas", "--C", "12", "--drnas-channels", "6", "4", "--drnas-keep", "7"], "--drnas-keep"),
+    (["--method", "drnas", "--C", "12", "--partial-channels", "2"], "--drnas-channels"),
+    (["--method", "darts", "--drnas-frozen", "0.2"], "--method drnas"),
+    (["--method", "oles", "--oles-threshold", "2"], "--oles-threshold"),
+    (["--method", "lambda-darts", "--lambda-epsilon", "0"], "--lambda-epsilon"),
 ])
 def test_a_combination_that_makes_no_sense_stops_in_one_line(argv, words, capsys):
     assert main(["search", *argv]) == 2

@@ -105,8 +105,17 @@ def test_second_order_alpha_gradient_matches_exact_hessian_vector_product(monkey
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_and_moves_what_it_should(method):
     m = METHODS[method]
-    model = tiny(m.relaxation, aux_skip=m.aux_skip, **m.architecture_options())
-    strategy = m.strategy(model, SearchConfig(epochs=1), 3)
+    if method == "drnas":  # its first stage: partial channels 6 without edge normalisation, no `none`
+        torch.manual_seed(0)
+        model = SearchNetwork(C=12, num_classes=3, layers=3, steps=2, multiplier=2, in_channels=1,
+                              space="darts-no-none", relaxation=m.relaxation, partial_channels=6,
+                              edge_normalisation=False, generator=torch.Generator().manual_seed(0))
+    elif method == "lambda-darts":  # two normal cells
+        torch.manual_seed(0)
+        model = SearchNetwork(C=2, num_classes=3, layers=4, steps=2, multiplier=2, in_channels=1)
+    else:
+        model = tiny(m.relaxation, aux_skip=m.aux_skip, **m.architecture_options())
+    strategy = m.strategy(model, SearchConfig(epochs=2 if method == "drnas" else 1), 3)  # DrNAS: a stage each
     alpha0 = [a.detach().clone() for a in model.arch_parameters()]
     for i in range(3):
         m = strategy.step(batch(2 * i), batch(2 * i + 1))
@@ -119,8 +128,8 @@ def test_every_method_runs_and_moves_what_it_should(method):
 
 
 def _run(tmp_path, name, epochs, resume=False, **kw):
-    kw = {"batch_size": 128, **kw}
-    cfg = RunConfig(epochs=epochs, C=2, layers=3, steps=2, out=str(tmp_path / name), **kw)
+    kw = {"batch_size": 128, "C": 2, "layers": 3, **kw}
+    cfg = RunConfig(epochs=epochs, steps=2, out=str(tmp_path / name), **kw)
     return SearchRun(cfg, resume=str(tmp_path / name) if resume else None, quiet=True)
 
 
@@ -179,6 +188,10 @@ def test_resumed_run_continues_with_the_full_state(tmp_path, small_digits, metho
     import shutil
 
     kw = dict(first_decision=1, decision_freq=1) if method == "sgas" else {}
+    if method == "drnas":  # its stages' K 6 and 4 divide C; the resumption crosses the stage boundary
+        kw = dict(C=12, space="darts-no-none")
+    if method == "lambda-darts":  # two normal cells
+        kw = dict(layers=4)
     full = _run(tmp_path, "full", 2, method=method, batch_size=16, **kw)
     full._epoch()  # epoch 1, checkpointed ...
     shutil.copytree(tmp_path / "full", tmp_path / "killed")  # ... and a process that died right after it

@@ -12,7 +12,7 @@ from ..arch import TemperatureSchedule
 from ..data import DIGITS_TEST_FRACTION, load_dataset, load_image_dataset, loader, split
 from ..errors import InputError
 from ..genotype import derive_genotype, derive_nb201
-from ..io import load_checkpoint, load_state, parameter_shapes
+from ..io import check_parameter_shapes, load_checkpoint, load_state, parameter_shapes
 from ..nn import DARTS, NB201Network, SearchNetwork, minimal_cell_network, s1_from_alphas
 from ..nn.ops import save_memory
 from .config import RunConfig, read_run_config
@@ -32,17 +32,23 @@ def build_model(cfg: RunConfig, info):
     arch_kwargs = dict(init=init, schedule=schedule, sample_per=cfg.sample_per,
                        generator=torch.Generator(cfg.device).manual_seed(cfg.seed + 1))
     relaxation = cfg.relaxation
+    # DrNAS' first stage: partial channels without PC-DARTS' edge normalisation (DrNAS' cells sum their edges).
+    drnas = cfg.method == "drnas"
+    partial_channels = cfg.drnas_channels[0] if drnas else cfg.partial_channels
     if cfg.space == "nb201":
         return NB201Network(cfg.C, N=max(1, cfg.layers // 3), num_classes=info.num_classes,
-                            in_channels=info.in_channels, relaxation=relaxation, **arch_kwargs)
+                            in_channels=info.in_channels, relaxation=relaxation, partial_channels=partial_channels,
+                            **arch_kwargs)
+    if drnas:
+        arch_kwargs["edge_normalisation"] = False
     if cfg.space == "minimal":
         return minimal_cell_network(cfg.C, info.num_classes, cfg.layers, in_channels=info.in_channels,
-                                    relaxation=relaxation, partial_channels=cfg.partial_channels,
+                                    relaxation=relaxation, partial_channels=partial_channels,
                                     aux_skip=cfg.aux_skip, **arch_kwargs)
     space = s1_space(cfg.s1_from) if cfg.space == "s1-from-run" else cfg.space
     return SearchNetwork(cfg.C, info.num_classes, cfg.layers, steps=cfg.steps, multiplier=cfg.steps,
                          space=space, in_channels=info.in_channels, relaxation=relaxation,
-                         partial_channels=cfg.partial_channels, aux_skip=cfg.aux_skip, **arch_kwargs)
+                         partial_channels=partial_channels, aux_skip=cfg.aux_skip, **arch_kwargs)
 
 
 def build_search(cfg: RunConfig, info, steps_per_epoch: int, choose_op=None):
@@ -76,6 +82,9 @@ def strategy_options(cfg: RunConfig, info, choose_op=None, epsilon_start: float 
     if cfg.constraint != "none":
         options.update(constraint=ResourceConstraint.named(cfg.constraint, cfg.cost_estimator, cfg.constraint_weight),
                        image_size=info.image_size)
+    if cfg.method == "drnas":
+        options.update(partial_channels=tuple(cfg.drnas_channels), keep_ops=tuple(cfg.drnas_keep),
+                       frozen_fraction=cfg.drnas_frozen, seed=cfg.seed + 3)
     if cfg.method == "oles":
         options.update(window=cfg.oles_window, threshold=cfg.oles_threshold)
     if cfg.method == "lambda-darts":
@@ -178,6 +187,23 @@ def load_run(run_dir: str, epoch: Optional[int] = None):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, info).to(cfg.device)
     state = load_checkpoint(checkpoint, "search", {"space": cfg.space, "method": cfg.method},
-                            parameter_shapes(model), map_location=cfg.device)
+                            map_location=cfg.device)
+    restore_structure(model, cfg, info, state.get("epoch"), checkpoint)
+    check_parameter_shapes(checkpoint, state, parameter_shapes(model))
     load_state(checkpoint, model, state.get("model"))
     return cfg, model, train_data, val_data
+
+
+def restore_structure(model, cfg: RunConfig, info, epochs_done, path: str, strategy=None) -> None:
+    """Gives a freshly built supernet (and its ``strategy``, if given) the shapes of the search in ``cfg``
+    after ``epochs_done`` epochs, before ``path``'s checkpoint is loaded into them: DrNAS' widened stages."""
+    if cfg.method != "drnas":
+        return
+    if isinstance(epochs_done, bool) or not isinstance(epochs_done, int):
+        raise InputError(f"{path}: its epoch count {epochs_done!r} is not an integer")
+    if strategy is None:  # the schedule's own widening, on a throwaway strategy: the weights are loaded after
+        strategy = METHODS[cfg.method].order(model, search_config(cfg), 1, **strategy_options(cfg, info))
+    try:
+        strategy.restore_structure(epochs_done)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None

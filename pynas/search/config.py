@@ -107,6 +107,12 @@ class RunConfig:
     aux_t_max: int = 50  # DARTS-: the epoch where a linear β reaches 0 (not --epochs, as the code)
     lambda_reg: float = 0.125  # lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))
     lambda_epsilon: float = 1e-4  # lambda-darts: ε₀ of the finite difference
+    # DrNAS' stages: partial channels K and operations kept per edge in each, and the share of each stage
+    # (from its start) in which α is frozen; None: the method's (DARTS space 6 → 4, 7 → 4, 0.4; nb201: one
+    # stage, K 1, 5 operations, 0).
+    drnas_channels: Optional[list] = None
+    drnas_keep: Optional[list] = None
+    drnas_frozen: Optional[float] = None
     oles_window: int = 20  # oles: α steps per window (the code judges window + 1 similarities over window)
     oles_threshold: float = 0.4  # oles: an operation whose window similarity falls below this is frozen
     warmup_epochs: int = 0  # weights-only epochs before α trains (SGAS' code: none; PC-DARTS' code: 15)
@@ -170,6 +176,14 @@ class RunConfig:
             out.aux_skip = method.aux_skip
         if out.derivation is None:
             out.derivation = "nb201" if self.space == "nb201" else method.derivation
+        if self.method == "drnas":
+            nb201 = self.space == "nb201"
+            out.drnas_channels = list(self.drnas_channels or ([1] if nb201 else [6, 4]))
+            out.drnas_keep = list(self.drnas_keep or ([5] if nb201 else [7, 4]))
+            out.drnas_frozen = self.drnas_frozen if self.drnas_frozen is not None else 0.0 if nb201 else 0.4
+        if self.a_weight_decay is None and "dirichlet-kl" in (r.partition("=")[0] for r in out.regularizers):
+            # DrNAS' architect.py: the KL regulariser replaces L2 (Adam's weight decay) on α.
+            out.a_weight_decay = 0.0
         if out.memory_saving is None:
             out.memory_saving = self.checkpoint_cells or self.max_memory is not None
         schedule = DEFAULT_SCHEDULES.get(relaxation)
@@ -312,11 +326,41 @@ class RunConfig:
             raise ValueError(f"--threshold must be in (0, 1), got {self.threshold!r}")
         AuxSkipDecay(self.aux_beta, self.aux_decay, self.aux_t_max)
         check_oles_options(self.oles_window, self.oles_threshold)
+        self._validate_drnas(r)
         if self.cuda_graphs and (r.regularizers or r.aux_skip or r.perturbation == "adversarial"):
             raise ValueError("--cuda-graphs captures compositions without regularizers, auxiliary skip and "
                              "adversarial perturbation (those have not run captured on a GPU yet): drop it")
         check_composition(METHODS[self.method].order, r.relaxation, r.regularizers, r.perturbation, r.aux_skip,
                           r.derivation, self.space, self.method)
+
+    def _validate_drnas(self, r):
+        """DrNAS' stages: their options belong to it, and each stage's K must divide C."""
+        given = [f"--{n.replace('_', '-')}" for n in ("drnas_channels", "drnas_keep", "drnas_frozen")
+                 if getattr(self, n) is not None]
+        if self.method != "drnas":
+            if given:
+                raise ValueError(f"{given[0]} applies to --method drnas, not {self.method}")
+            return
+        if self.partial_channels != 1:
+            raise ValueError("--method drnas sets its partial channels per stage (--drnas-channels), not "
+                             "--partial-channels")
+        for name in ("drnas_channels", "drnas_keep"):
+            values = getattr(r, name)
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"--{name.replace('_', '-')} must be integers >= 1, one per stage, got {values!r}")
+        if len(r.drnas_channels) != len(r.drnas_keep):
+            raise ValueError(f"--drnas-channels {r.drnas_channels} and --drnas-keep {r.drnas_keep} must name "
+                             f"the same number of stages")
+        if len(r.drnas_channels) > self.epochs:
+            raise ValueError(f"--method drnas: {len(r.drnas_channels)} stages need --epochs >= "
+                             f"{len(r.drnas_channels)}, got {self.epochs}")
+        if any(self.C % K for K in r.drnas_channels):
+            lcm = math.lcm(*r.drnas_channels)
+            raise ValueError(f"--method drnas: its stages' partial channels {r.drnas_channels} must each divide "
+                             f"--C, got {self.C} (e.g. --C {lcm * max(1, round(self.C / lcm))})")
+        frozen = r.drnas_frozen
+        if isinstance(frozen, bool) or not isinstance(frozen, (int, float)) or not 0 <= frozen < 1:
+            raise ValueError(f"--drnas-frozen must be in [0, 1), got {frozen!r}")
 
     def _validate_partial_channels(self):
         K = self.partial_channels
@@ -460,6 +504,13 @@ def add_search_arguments(parser):
                    help="lambda-darts: λ, reached in the last epoch (λ·e/(E − 1))")
     g.add_argument("--lambda-epsilon", type=float, default=d.lambda_epsilon,
                    help="lambda-darts: ε₀ of the finite difference (ε = ε₀/‖p‖)")
+    g.add_argument("--drnas-channels", type=int, nargs="+", default=None, metavar="K",
+                   help="drnas: partial channels K per stage (default: 6 4; nb201: 1)")
+    g.add_argument("--drnas-keep", type=int, nargs="+", default=None, metavar="N",
+                   help="drnas: operations each edge keeps per stage, the top by α (default: 7 4; nb201: 5)")
+    g.add_argument("--drnas-frozen", type=float, default=None,
+                   help="drnas: the share of each stage in which α is frozen (default: 0.4, the code's 10 of 25 "
+                        "epochs; nb201: 0)")
     g.add_argument("--oles-window", type=int, default=d.oles_window,
                    help="oles: α steps per window (the code judges window + 1 similarities over window)")
     g.add_argument("--oles-threshold", type=float, default=d.oles_threshold,

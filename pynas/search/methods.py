@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 from .attack import AdversarialAttack
+from .drnas import ProgressiveDrnas
 from .lambda_darts import LambdaDarts
 from .oles import Oles
 from .parts import AuxSkipDecay, Perturbation, RandomSmoothing, build_terms
@@ -104,6 +105,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("darts-minus", DartsFirstOrder, aux_skip=True),
     # Λ-DARTS' code: DARTS plus λ(e)·(g⁺ − g⁻)/2ε in the weight step (its space depends on the script).
     Method("lambda-darts", LambdaDarts),
+    # DrNAS' code: Dirichlet(ELU(α) + 1) samples, L2 on α as Adam's weight decay, two stages of partial channels
+    # 6 → 4 and operations 7 → 4 (its DARTS space has no `none`), α Adam 6e-4.
+    Method("drnas", ProgressiveDrnas, "dirichlet", a_lr=6e-4, a_weight_decay=1e-3, options=NO_NONE),
     # OLES' code: DARTS first order, an operation frozen when its gradients' cosine stays below 0.4; `none` kept
     # in the space and in the derivation.
     Method("oles", Oles, derivation="darts-with-none"),

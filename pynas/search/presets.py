@@ -52,6 +52,13 @@ PRESETS = {
                                 aux_t_max=50),
     "darts-minus-s3": dict(DARTS_BASE, method="darts-minus", space="s3", aux_skip=True, aux_beta=1.0,
                            aux_decay="linear", aux_t_max=50),
+    # DrNAS as xiangning-chen/DrNAS DARTS-space/train_search.py and 201-space/train_search[_progressive].py run it.
+    "drnas-cifar10": dict(DARTS_BASE, method="drnas", space="darts-no-none", C=36, layers=20, w_lr=0.1, w_lr_min=0.0,
+                          a_lr=6e-4, drnas_channels=[6, 4], drnas_keep=[7, 4], drnas_frozen=0.4),
+    "drnas-nb201": dict(DARTS_BASE, method="drnas", space="nb201", layers=15, epochs=100, drnas_channels=[1],
+                        drnas_keep=[5], drnas_frozen=0.0),
+    "drnas-nb201-progressive": dict(DARTS_BASE, method="drnas", space="nb201", layers=15, epochs=100,
+                                    drnas_channels=[4, 2], drnas_keep=[5, 3], drnas_frozen=0.2),
     # Λ-DARTS as dr-faustus/Lambda-DARTS run_search.sh runs its DARTS-family search (S4 on SVHN).
     "lambda-darts-s4-svhn": dict(DARTS_BASE, method="lambda-darts", space="s4", dataset="svhn", batch_size=96,
                                  lambda_reg=0.25, lambda_epsilon=1e-3),

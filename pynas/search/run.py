@@ -18,13 +18,14 @@ import torch
 
 from ..data import loader
 from ..errors import InputError, NonFiniteError
-from ..io import (append_jsonl, checkpoint_header, load_checkpoint, load_state, parameter_shapes,
+from ..io import (append_jsonl, check_parameter_shapes, checkpoint_header, load_checkpoint, load_state, parameter_shapes,
                   remove_stale_temporaries, save_checkpoint, truncate_jsonl, write_json, write_text)
 from ..nb201_benchmark import canonical, numbers_line, open_benchmark
 from ..nn import NB201Network
+from ..nn.widen import partial_channels_of
 from ..progress import Progress
 from ..tensorboard import TensorBoardLogger
-from .build import build_search, evaluate, genotype_of, kept_checkpoint, search_data
+from .build import build_search, evaluate, genotype_of, kept_checkpoint, restore_structure, search_data
 from .config import RunConfig, read_run_config
 from .cuda_graphs import GraphedStep, check_cuda_graphs
 from .grad_correlation import gradient_correlation, probability_gradients
@@ -205,7 +206,10 @@ class SearchRun:
         # Checkpoints hold tensors, numbers and containers only: no pickled code. The header is checked first.
         path = self.checkpoint_path
         state = load_checkpoint(path, "search", {"space": self.cfg.space, "method": self.cfg.method},
-                                parameter_shapes(self.model), map_location=self.cfg.device)
+                                map_location=self.cfg.device)
+        # A supernet whose shapes change during the search (DrNAS' stages) takes the checkpoint's first.
+        restore_structure(self.model, self.cfg, self.info, state.get("epoch"), path, self.strategy)
+        check_parameter_shapes(path, state, parameter_shapes(self.model))
         load_state(path, self.model, state.get("model"))
         try:
             self.strategy.load_state_dict(state["strategy"])
@@ -357,6 +361,7 @@ class SearchRun:
                 bar.update(len(train_batch[1]) * self.world, loss=m["loss"], acc=m["acc"])  # the whole job's images
         epoch_seconds, images_per_second = bar.summary()
         sums = {k: float(v) for k, v in sums.items()}  # the epoch's one read of the step metrics
+        partial_channels = partial_channels_of(self.model)  # this epoch's (DrNAS widens at its stages' ends)
         self.strategy.epoch_end()
         val_loss, val_acc = evaluate(self.model, self.val_data, cfg.batch_size, cfg.device)
         self.epoch += 1
@@ -369,6 +374,7 @@ class SearchRun:
                                  if hasattr(self.strategy, "frozen_ops") else None),
                   "grad_correlation": grad_correlation, "prob_grad": prob_grad, "batch_size": batch_size,
                   "epoch_seconds": epoch_seconds, "images_per_second": images_per_second,
+                  "partial_channels": partial_channels,
                   # The composition's terms in their last loss, DARTS-' β of the epoch (None where absent).
                   "terms": {k: float(v) for k, v in self.strategy.last_terms.items()} or None,
                   "aux_weight": float(self.model.aux_weight) if self.strategy.aux_skip is not None else None,

@@ -117,17 +117,18 @@ def tuning_strategy(cfg, image_size: Optional[int] = None) -> Callable[..., Stra
     between decisions: by its own composition (order, terms, perturbation,
     auxiliary skip), with its schedules held where the search ended: SDARTS'
     perturbations at their full ε (as DARTS-PT's code tunes SDARTS-RS), β-DARTS'
-    λ and DARTS-' β at their last epoch's values. SGAS' supernet is tuned by DARTS
-    first order (its shrinking is done); SNAS' constraint needs ``image_size``."""
+    λ and DARTS-' β at their last epoch's values. SGAS' and DrNAS' supernets are
+    tuned by DARTS first order under their relaxation (their shrinking and widening
+    are done); SNAS' constraint needs ``image_size``."""
     from ..search.build import strategy_options
+    from ..search.drnas import ProgressiveDrnas
     from ..search.methods import METHODS
 
     cfg = cfg.resolved()
     order = METHODS[cfg.method].order
-    if order is Sgas:
-        order = DartsFirstOrder
-    options = strategy_options(dataclasses.replace(cfg, method="darts") if cfg.method == "sgas" else cfg,
-                               SimpleNamespace(image_size=image_size), epsilon_start=cfg.epsilon_alpha)
+    if order in (Sgas, ProgressiveDrnas):
+        order, cfg = DartsFirstOrder, dataclasses.replace(cfg, method="darts")  # the relaxation stays resolved
+    options = strategy_options(cfg, SimpleNamespace(image_size=image_size), epsilon_start=cfg.epsilon_alpha)
     if cfg.constraint != "none" and image_size is None:
         raise ValueError("tuning_strategy: SNAS' resource constraint needs `image_size`")
 
