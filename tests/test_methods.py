@@ -347,3 +347,19 @@ def test_the_darts_rule_with_none_ranks_and_keeps_none_as_oles_code():
     # DARTS' rule leaves `none` out of both the ranking and the choice.
     assert derive_cell(w, ops, "darts")[0] == [("sep_conv_3x3", 1), ("skip_connect", 0),
                                                ("skip_connect", 0), ("sep_conv_3x3", 2)]
+
+
+def test_a_drnas_run_after_its_widening_is_read_back_by_select_and_evaluate(tmp_path, small_digits, capsys):
+    # The checkpoint of a search past its stage boundary holds C/4-channel operations: select and evaluate
+    # rebuild the widened supernet (DrNAS' structure) before reading it, and PT tunes it by first order.
+    run = tmp_path / "run"
+    assert main(["search", "--method", "drnas", "--epochs", "2", "--C", "12", "--layers", "3", "--steps", "2",
+                 "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["partial_channels"] for r in records] == [6, 4]
+    assert all(sum(p > 0 for p in row) == 4 for r in records for t in ("normal", "reduce")
+               for row in r["arch"][t]["probabilities"])  # the top 4 of 7 kept after the first stage
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert main(["select", "--run", str(run), "--method", "pt", "--tune-epochs", "1", "--val-batches", "1",
+                 "--quiet"]) == 0
+    assert (run / "select-pt" / "genotype.txt").exists()
