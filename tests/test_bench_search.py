@@ -28,6 +28,57 @@ def test_the_same_with_depthwise_outputs_recomputed():
     assert max(check_paths("darts", recompute_depthwise=True).values()) < 1e-9
 
 
+@pytest.mark.parametrize("method", ["darts", "darts-minus"])
+def test_the_same_with_partial_channels_and_edge_normalisation(method):
+    # PC-DARTS (K = 2 on C = 4): β's softmax per node weighs each shuffled edge; DARTS-' aux joins the operated part.
+    options = dict(partial_channels=2)
+    model, _ = build(method, 4, 3, **options)
+    assert model.cells[0].partial_channels == 2 and model.arch.betas is not None
+    assert max(check_paths(method, options=options).values()) < 1e-9
+    with threads(1):
+        betas = step_gradients(method, "eager", C=4, layers=3, image_size=8, batch_size=2, options=options)["alpha"][2:]
+    assert len(betas) == 2 and all(float(b.abs().max()) > 0 for b in betas)  # β is differentiated, in both checks
+
+
+def test_methods_are_built_at_the_size_they_need():
+    # drnas: partial channels 6 then 4 divide C = 12 (the next multiple of 12 above 4); α trains from the first step.
+    model, strategy = build("drnas", 4, 3)
+    assert [len(model.cells), model.cells[0].edges[0].partial_channels] == [3, 6] and model.arch.betas is None
+    assert model.cells[0].edges[0].channels == 12 and strategy.alpha_trains()
+    with threads(1):
+        alpha = step_gradients("drnas", "eager", C=4, layers=3, image_size=8, batch_size=2)["alpha"]
+    assert all(float(a.abs().max()) > 0 for a in alpha)
+    # lambda-darts: 4 cells (two normal ones to align), its step in the last epoch, where λ(e) = λ = 0.125.
+    model, strategy = build("lambda-darts", 4, 3)
+    assert [c.reduction for c in model.cells] == [False, True, True, False] and strategy.lambda_now() == 0.125
+
+
+def test_channel_shuffle_moves_channel_g_times_part_plus_i_to_i_times_groups_plus_g():
+    from pynas.bench.search import channel_shuffle
+
+    x = torch.arange(12.0).view(1, 12, 1, 1)
+    out = channel_shuffle(x, 3).flatten().tolist()
+    assert out == [float(g * 4 + i) for i in range(4) for g in range(3)]
+
+
+def test_eager_cells_run_their_hooks_as_a_call_would():
+    # Λ-DARTS swaps a cell's edge weights in a forward pre-hook: the eager path must see the swap (here all
+    # weights on the first operation, max_pool_3x3) and the forward hooks' replaced output, as model(x) does.
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, num_classes=10, layers=2, steps=1, multiplier=1).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    one_op = lambda cell, args: args[:2] + (torch.zeros_like(args[2]).index_fill_(-1, torch.tensor([1]), 1.0),) + args[3:]
+    handles = [model.cells[0].register_forward_pre_hook(one_op),
+               model.cells[1].register_forward_hook(lambda cell, args, out: 2 * out)]
+    with torch.no_grad():
+        eager, fused = EagerSupernet(model)(x), model(x)
+        for h in handles:
+            h.remove()
+        plain = model(x)
+    torch.testing.assert_close(eager, fused)
+    assert not torch.allclose(eager, plain)
+
+
 def test_the_check_sees_different_noise():
     # With its own (Python) Gumbel noise the eager SNAS step differs: the check is not vacuous.
     with threads(1):

@@ -43,19 +43,19 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .ops import device_name
-from ..arch import _clip_renormalise
+from ..arch import _clip_renormalise, dirichlet_weights
 from ..io import write_json
 from ..nn.ops import plain_forms, recompute_depthwise, save_memory
 
 # The seed methods (timed by default) and the DARTS family beyond them (with --methods NAME ...).
 SEED_METHODS = ("darts", "darts-2nd", "single-level", "snas", "gdas")
-METHODS = SEED_METHODS + ("fairdarts", "beta-darts", "darts-minus", "sdarts-adv")
+METHODS = SEED_METHODS + ("fairdarts", "beta-darts", "darts-minus", "sdarts-adv", "oles", "lambda-darts", "drnas")
 PATHS = ("eager", "fused")
 # The layout both paths compute in: `auto` is each path's own (fused: channels-last on CPU for
 # C >= 8, NCHW on CUDA; eager: NCHW, as public code), the others force it on both.
@@ -118,12 +118,28 @@ class EagerSupernet:
     (:func:`pynas.nn.ops.plain_forms`: autograd keeps what it keeps by default);
     a node is the Python sum of its edges; relaxed weights are computed in
     Python (softmax, sigmoid, Gumbel-softmax with ``noise``, straight-through
-    one-hot for ``gumbel_hard``). Hard samples run the selected operation only,
-    as GDAS' code does (running all would change the gradient to α). With the
-    network's ``aux_skip``, each edge adds ``β · aux(x)`` as DARTS-' ``MixedOp``
-    does (Meituan-AutoML/DARTS- src/search/model_search.py:40-45), β read from
-    ``model.aux_weight``. Covers spaces where every edge has every op. Use as
-    ``strategy.forward = EagerSupernet(model)``.
+    one-hot for ``gumbel_hard``); DrNAS' ``dirichlet`` draws with the
+    architecture's own sampler (:func:`pynas.arch.dirichlet_weights`) from its
+    generator, so both paths see the same sample. Hard samples run the selected
+    operation only, as GDAS' code does (running all would change the gradient to
+    α). With the network's ``aux_skip``, each edge adds ``β · aux(x)`` as DARTS-'
+    ``MixedOp`` does (Meituan-AutoML/DARTS- src/search/model_search.py:40-45), β
+    read from ``model.aux_weight``.
+
+    Partial channels K > 1 (PC-DARTS, yuhuixu1993/PC-DARTS model_search.py
+    ``MixedOp``, ``channel_shuffle``; DrNAS' DARTS-space model_search.py:26-56): the
+    operations see the first C/K channels, the others bypass them (max-pooled 2x2,
+    stride 2, on a reduction edge), ``cat`` of both is channel-shuffled with K
+    groups by ``view``/``transpose``; DARTS-' aux joins the operated part. With
+    PC-DARTS' edge normalisation a node is ``sum(β̂_e · edge_e)``, β̂ the softmax
+    of β over each node's edges (its ``Network._arch_weights``); without it (DrNAS)
+    the plain sum.
+
+    Each cell is computed as calling it would: its forward pre-hooks may replace
+    its arguments ``(s0, s1, weights, active, edge_weights, aux_weight)``, as
+    ``SearchNetwork`` passes them, and its forward hooks its output (Λ-DARTS
+    substitutes each cell's edge weights so). Covers spaces where every edge has
+    every op. Use as ``strategy.forward = EagerSupernet(model)``.
     """
 
     def __init__(self, model, noise: Optional[Noise] = None):
@@ -139,12 +155,13 @@ class EagerSupernet:
         shared = {}
         if model.channels_last and x.dim() == 4:  # a layout forced on both paths (--layout channels-last)
             x = x.contiguous(memory_format=torch.channels_last)
+        aux_weight = model.aux_weight if model.aux_skip else None
         s0 = s1 = model.stem(x)
         for cell in model.cells:
             cell_type = "reduce" if cell.reduction else "normal"
             if model.arch.sample_per == "cell" or cell_type not in shared:
-                shared[cell_type] = self.relaxed_weights(cell_type, x.size(0))
-            s0, s1 = s1, self.cell(cell, s0, s1, *shared[cell_type])
+                shared[cell_type] = (*self.relaxed_weights(cell_type, x.size(0)), self.edge_weights(cell_type, cell))
+            s0, s1 = s1, _as_called(cell, self.cell, (s0, s1, *shared[cell_type], aux_weight))
         return model.classifier(model.global_pooling(s1).flatten(1))
 
     def relaxed_weights(self, cell_type: str, batch_size: int):
@@ -158,7 +175,8 @@ class EagerSupernet:
 
         replaced, noise = arch.replacement(cell_type), arch.noise(cell_type)
         alpha = arch.alphas[cell_type] if replaced is None else replaced
-        if arch.sample_per == "sample":
+        batched = arch.sample_per == "sample"
+        if batched:
             alpha = alpha.expand(batch_size, *alpha.shape)
         if replaced is not None:  # the weights themselves, not relaxed
             return alpha, None
@@ -169,6 +187,9 @@ class EagerSupernet:
             return (w if noise is None else _clip_renormalise(w + noise.to(w), arch.mask(cell_type))), None
         if arch.relaxation == "sigmoid":
             return torch.sigmoid(alpha), None
+        if arch.relaxation == "dirichlet":  # the sampler's own draw, from the generator's state (tested elsewhere)
+            return dirichlet_weights(arch.alphas[cell_type], arch.mask(cell_type), arch.generator,
+                                     batch_size if batched else None), None
         if arch.relaxation not in ("gumbel", "gumbel_hard"):
             raise ValueError(f"EagerSupernet: relaxation {arch.relaxation!r} is not covered")
         soft = F.softmax((alpha + self.noise(alpha.shape, alpha.dtype, alpha.device)) / arch.temperature, dim=-1)
@@ -180,39 +201,108 @@ class EagerSupernet:
         chosen = hard.reshape(-1, *hard.shape[-2:]).amax(0) > 0  # [E, K]: union over samples
         return weights, [row.nonzero().flatten().tolist() for row in chosen.cpu()]
 
-    def cell(self, cell, s0, s1, weights, active):
+    def edge_weights(self, cell_type: str, cell) -> Optional[torch.Tensor]:
+        """PC-DARTS' β̂ ``[E]``: per node the softmax of β over its incoming edges, node
+        by node as its ``Network._arch_weights`` concatenates them (None without β)."""
+        betas = self.model.arch.betas
+        if betas is None:
+            return None
+        beta, parts, start = betas[cell_type], [], 0
+        for node in range(cell.steps):
+            end = start + cell.inputs + node
+            parts.append(F.softmax(beta[start:end], dim=-1))
+            start = end
+        return torch.cat(parts)
+
+    def cell(self, cell, s0, s1, weights, active, edge_weights, aux_weight):
         states = [cell.preprocess1(s1)] if cell.inputs == 1 else [cell.preprocess0(s0), cell.preprocess1(s1)]
         e = 0
         for _ in range(cell.steps):
-            node = sum(self.edge(cell.edges[e + j], h, weights[..., e + j, :], None if active is None else active[e + j])
-                       + self.aux(cell, e + j, h) for j, h in enumerate(states))
+            node = 0
+            for j, h in enumerate(states):
+                out = self.edge(cell, e + j, h, weights[..., e + j, :], None if active is None else active[e + j],
+                                aux_weight)
+                node = node + (out if edge_weights is None else edge_weights[e + j] * out)
             e += len(states)
             states.append(node)
         return torch.cat([states[n] for n in cell.concat], dim=1)
 
-    def aux(self, cell, e, x):
-        """DARTS-' ``auxiliary_op(x) * decay_rate`` of edge ``e`` (0 without aux_skip)."""
-        return 0 if cell.aux_skips is None else self.model.aux_weight * cell.aux_skips[e](x)
-
     @staticmethod
-    def edge(mixed, x, weights, active):
-        """DARTS' ``sum(w * op(x) for w, op in zip(weights, ops))``."""
+    def edge(cell, e, x, weights, active, aux_weight):
+        """DARTS' ``sum(w * op(x) for w, op in zip(weights, ops))`` plus DARTS-' aux; with
+        partial channels on the operated slice, joined to the bypass by PC-DARTS' shuffle."""
+        mixed = cell.edges[e]
+        K = mixed.partial_channels
+        operated = x[:, : x.size(1) // K]
         total = 0
         for k in range(len(mixed.names)) if active is None else active:
-            out = x[:, :, :: mixed.stride, :: mixed.stride].mul(0.0) if mixed.names[k] == "none" \
-                else mixed.ops[mixed._slot[k]](x)
+            out = operated[:, :, :: mixed.stride, :: mixed.stride].mul(0.0) if mixed.names[k] == "none" \
+                else mixed.ops[mixed._slot[k]](operated)
             w = weights[..., k]
             total = total + (w.view(-1, 1, 1, 1) if w.dim() == 1 else w) * out
-        return total
+        if cell.aux_skips is not None:  # DARTS-' auxiliary_op(x) * decay_rate
+            total = total + aux_weight * cell.aux_skips[e](operated)
+        if K == 1:
+            return total
+        bypass = x[:, x.size(1) // K:]
+        if mixed.stride == 2:  # ceil_mode: the operations' ceil(H/2) on odd sizes (PC-DARTS' pool on even ones)
+            bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([total, bypass], dim=1), K)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle as PC-DARTS' code writes it: channels viewed as
+    ``[groups, C/groups]``, transposed, flattened back."""
+    B, C, H, W = x.shape
+    return x.view(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
+
+
+def _as_called(module, forward: Callable, args: tuple):
+    """``forward(*args)`` run as ``module(*args)`` runs its own forward (``nn.Module.__call__``'s
+    order): the module's forward pre-hooks may replace ``args``, its forward hooks the output."""
+    if module._forward_pre_hooks_with_kwargs or module._forward_hooks_with_kwargs:
+        raise ValueError("EagerSupernet: a cell's hooks with keyword arguments are not covered")
+    for hook in module._forward_pre_hooks.values():
+        result = hook(module, args)
+        if result is not None:
+            args = result if isinstance(result, tuple) else (result,)
+    out = forward(module, *args)
+    for hook in module._forward_hooks.values():
+        result = hook(module, args, out)
+        if result is not None:
+            out = result
+    return out
 
 
 # -- building a step --------------------------------------------------------------
 
 
+# What a method's step needs beyond the common size (the check's and the benchmark's): C a multiple of
+# `C_multiple`, at least `layers` cells, RunConfig `options`, and `last_epoch`: the step taken in the last epoch.
+NEEDS = {
+    # DrNAS: its stages' partial channels 6 and 4 both divide C (and leave an even C/K on reduction edges);
+    # α frozen in no epoch, so that the step measured and checked has α's step (its code's frozen epochs have none).
+    "drnas": dict(C_multiple=12, options=dict(drnas_frozen=0.0)),
+    # Λ-DARTS aligns at least two normal cells (4 cells: reductions at 1 and 2); its λ(e) = λ·e/(E − 1) is 0 in
+    # the first epoch, so its step is the last epoch's, where the finite-difference term counts.
+    "lambda-darts": dict(layers=4, last_epoch=True),
+}
+
+
+def method_size(method: str, C: int, layers: int) -> Tuple[int, int]:
+    """``(C, layers)`` raised to what ``method`` needs (:data:`NEEDS`): C to the next
+    multiple of its ``C_multiple``, layers to its least."""
+    need = NEEDS.get(method, {})
+    multiple = need.get("C_multiple", 1)
+    return -(-C // multiple) * multiple, max(layers, need.get("layers", 1))
+
+
 def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, seed: int = 0,
-          steps_per_epoch: int = 1000, layout: str = "auto"):
+          steps_per_epoch: int = 1000, layout: str = "auto", **options):
     """The supernet and strategy of ``pynas search --method method`` on 10 classes,
-    computing in ``layout`` (one of :data:`LAYOUTS`)."""
+    computing in ``layout`` (one of :data:`LAYOUTS`), at :func:`method_size` and with
+    the method's :data:`NEEDS`; ``options``: RunConfig's, over the method's own
+    (e.g. ``partial_channels=2``)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     from ..search.build import build_model, strategy_options
@@ -221,11 +311,17 @@ def build(method: str, C: int, layers: int, device="cpu", dtype=torch.float32, s
     from ..search.strategies import SearchConfig
 
     torch.manual_seed(seed)
+    C, layers = method_size(method, C, layers)
+    need = NEEDS.get(method, {})
     # The method's own space (the DARTS space, without `none` where its authors searched so) and parts.
-    cfg = RunConfig.for_method(method, C=C, layers=layers, seed=seed, device=str(device))
+    cfg = RunConfig.for_method(method, C=C, layers=layers, seed=seed, device=str(device),
+                               **{**need.get("options", {}), **options})
     info = SimpleNamespace(num_classes=10, in_channels=3, image_size=None)
     model = build_model(cfg, info).to(device=device, dtype=dtype)
-    strategy = COMPOSITIONS[method].order(model, SearchConfig(), steps_per_epoch, **strategy_options(cfg, info))
+    config = SearchConfig()
+    strategy = COMPOSITIONS[method].order(model, config, steps_per_epoch, **strategy_options(cfg, info))
+    if need.get("last_epoch"):
+        strategy.epochs_done = config.epochs - 1
     if layout != "auto":
         model.channels_last = layout == "channels-last"
     return model, strategy
@@ -276,12 +372,14 @@ def _sync(device):
 
 def step_gradients(method: str, path: str, C: int, layers: int, image_size: int, batch_size: int,
                    dtype=torch.float64, seed: int = 0, recompute_depthwise: bool = False,
-                   checkpoint_cells: bool = False, memory_saving: bool = False, device="cpu") -> Dict[str, list]:
+                   checkpoint_cells: bool = False, memory_saving: bool = False, device="cpu",
+                   options: Optional[dict] = None) -> Dict[str, list]:
     """The loss of one search step along ``path`` on ``device``, the gradients it
     leaves (``weights``, ``alpha``; the optimisers do not step) and the model's
     ``buffers`` after it (BatchNorm statistics). The eager path draws the fused
-    kernel's Gumbel noise, so both see the same samples."""
-    model, strategy = build(method, C, layers, device=device, dtype=dtype, seed=seed)
+    kernel's Gumbel noise, so both see the same samples. ``options``: RunConfig's,
+    for :func:`build`."""
+    model, strategy = build(method, C, layers, device=device, dtype=dtype, seed=seed, **(options or {}))
     use_path(strategy, path, fused_gumbel(model.arch.generator), recompute_depthwise, checkpoint_cells,
              memory_saving)
     strategy.w_opt.step = lambda *a, **k: None
@@ -310,8 +408,9 @@ def check_paths(method: str, rtol: float = 1e-7, atol: float = 1e-10, recompute_
                 checkpoint_cells: bool = False, memory_saving: bool = False, device="cpu",
                 **size) -> Dict[str, float]:
     """Asserts that both paths give the same loss, gradients and BatchNorm
-    statistics for ``method`` (float64, a small network, on ``device``); returns
-    the largest difference of each."""
+    statistics for ``method`` (float64, a small network, on ``device``; ``size``:
+    :data:`CHECK`'s keys and ``options``, RunConfig's); returns the largest
+    difference of each."""
     size = {**CHECK, **size, "device": device}
     with threads(1):
         eager = step_gradients(method, "eager", **size)
@@ -754,6 +853,9 @@ def run_device(device: str, methods: List[str], size: dict, recompute_depthwise:
         times = time_steps(method, warmup=size["warmup"], steps=size["steps"], device=device, **opts)
         row = dict(method=method, round_ratios=times.pop("round_ratios"),
                    cpu_round_ratios=times.pop("cpu_round_ratios"))
+        C, layers = method_size(method, size["C"], size["layers"])
+        if (C, layers) != (size["C"], size["layers"]):  # built larger, as it needs (NEEDS)
+            row["size"] = dict(C=C, layers=layers)
         for path in PATHS:
             row[path] = {**times[path], **memory[method, path]}
         e, f = row["eager"], row["fused"]
@@ -809,6 +911,9 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         cells = "".join(f"{r['eager'][k]:>14{fmt}}{r['fused'][k]:>14{fmt}}{r[ratio]:>11.2f}x" for _, k, fmt, ratio in cols)
         lines.append(f"{r['method']:<14}{cells}")
+    for r in result["rows"]:
+        if "size" in r:
+            lines.append(f"{r['method']}: built at C = {r['size']['C']}, {r['size']['layers']} cells (what it needs)")
     for r in result["rows"]:
         if "fused_graphs" in r:
             g = r["fused_graphs"]
