@@ -76,6 +76,9 @@ def _select(args):
         out = args.out or os.path.join(args.run, f"select-{args.method}")
         if args.threshold is not None and args.method != "threshold":
             raise InputError(f"--threshold applies to --method threshold, not {args.method}")
+        if args.method == "threshold" and cfg.relaxation != "sigmoid":
+            raise InputError(f"--method threshold keeps an edge whose σ(α) reaches the threshold (FairDARTS); "
+                             f"{args.run} searched under {cfg.relaxation}, not sigmoid")
         if args.method in ("magnitude", "snas", "threshold", "nb201"):
             threshold = cfg.threshold if args.threshold is None else args.threshold
             genotype = select_by_rule(model, args.method, threshold=threshold)

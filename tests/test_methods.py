@@ -276,6 +276,17 @@ def test_the_composed_command_runs_and_logs_its_parts(tmp_path, small_digits):
     (["--method", "darts", "--drnas-frozen", "0.2"], "--method drnas"),
     (["--method", "oles", "--oles-threshold", "2"], "--oles-threshold"),
     (["--method", "lambda-darts", "--lambda-epsilon", "0"], "--lambda-epsilon"),
+    # a part's option without its part would be ignored
+    (["--method", "darts", "--threshold", "0.5"], "--derivation threshold"),
+    (["--method", "sdarts-rs", "--attack-steps", "3"], "--perturbation adversarial"),
+    (["--method", "darts", "--epsilon-alpha", "0.2"], "--perturbation random or adversarial"),
+    (["--method", "darts", "--aux-decay", "cosine"], "--aux-skip"),
+    (["--method", "darts", "--oles-window", "5"], "--method oles"),
+    (["--method", "darts", "--lambda", "0.5"], "--method lambda-darts"),
+    # parts that cannot act
+    (["--method", "darts", "--derivation", "threshold"], "--relaxation sigmoid"),
+    (["--method", "drnas", "--C", "12", "--aux-skip"], "widens"),
+    (["--method", "fixed", "--regularizer", "beta-decay"], "α fixed"),
 ])
 def test_a_combination_that_makes_no_sense_stops_in_one_line(argv, words, capsys):
     assert main(["search", *argv]) == 2

@@ -60,6 +60,8 @@ def test_sdarts_rs_perturbs_the_weight_step_only_within_epsilon():
         seen.clear()
         clean = {t: model.arch.probabilities(t).detach().clone() for t in model.arch.cell_types}
         strategy.step(batch(2 * i), batch(2 * i + 1))
+        if i % 2:
+            strategy.epoch_end()  # two steps an epoch
         updated = {t: model.arch.probabilities(t).detach().clone() for t in model.arch.cell_types}
         assert {p for p, _, _ in seen} == {"arch_step", "weight_step"}
         for phase, t, w in seen:

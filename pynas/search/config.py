@@ -332,6 +332,26 @@ class RunConfig:
                              "adversarial perturbation (those have not run captured on a GPU yet): drop it")
         check_composition(METHODS[self.method].order, r.relaxation, r.regularizers, r.perturbation, r.aux_skip,
                           r.derivation, self.space, self.method)
+        self._refuse_unused_options(r)
+
+    def _refuse_unused_options(self, r):
+        """A part's option given without its part would be silently ignored: refused, naming both."""
+        d = RunConfig()
+        unused = {
+            "threshold": (r.derivation != "threshold", "--derivation threshold"),
+            "attack_steps": (r.perturbation != "adversarial", "--perturbation adversarial"),
+            "epsilon_alpha": (r.perturbation == "none", "--perturbation random or adversarial"),
+            "aux_beta": (not r.aux_skip, "--aux-skip"), "aux_decay": (not r.aux_skip, "--aux-skip"),
+            "aux_t_max": (not r.aux_skip, "--aux-skip"),
+            "oles_window": (self.method != "oles", "--method oles"),
+            "oles_threshold": (self.method != "oles", "--method oles"),
+            "lambda_reg": (self.method != "lambda-darts", "--method lambda-darts"),
+            "lambda_epsilon": (self.method != "lambda-darts", "--method lambda-darts"),
+        }
+        for name, (absent, part) in unused.items():
+            if absent and getattr(self, name) != getattr(d, name):
+                option = "--lambda" if name == "lambda_reg" else f"--{name.replace('_', '-')}"
+                raise ValueError(f"{option} applies to {part}, which this run does not use (--method {self.method})")
 
     def _validate_drnas(self, r):
         """DrNAS' stages: their options belong to it, and each stage's K must divide C."""
@@ -434,14 +454,16 @@ def add_search_arguments(parser):
     g.add_argument("--regularizer", dest="regularizers", action="append", default=None, metavar="NAME[=WEIGHT]",
                    help="a term of the objective, repeatable, replacing the method's: zero-one (FairDARTS' "
                         "−mean(σ(α)−½)², weight 10, α's and the weights' loss), zero-one-l1, beta-decay (β-DARTS' "
-                        "mean logsumexp(α), α's loss, weight λ's slope per epoch, 0.5); none: no term")
+                        "mean logsumexp(α), α's loss, weight λ's slope per epoch, 0.5), dirichlet-kl (DrNAS' "
+                        "Σ KL(Dir(ELU(α)+1) ‖ Dir(1)), α's loss, weight 1e-3); none: no term")
     g.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
                    help="of softmax(α) in the weight step: random (SDARTS-RS), adversarial (SDARTS-ADV's attack)")
     g.add_argument("--aux-skip", action=argparse.BooleanOptionalAction, default=None,
                    help="DARTS-' auxiliary skip β(e)·aux(x) beside every edge")
     g.add_argument("--derivation", choices=DERIVATIONS, default=None,
-                   help="the genotype's rule: darts (top-2 inputs per node), snas (child graph), nb201 (argmax per "
-                        "edge; --space nb201), threshold (FairDARTS: top-2 inputs, kept if σ >= --threshold)")
+                   help="the genotype's rule: darts (top-2 inputs per node, `none` left out), darts-with-none (the "
+                        "same with `none` ranked and kept: OLES' code), snas (child graph), nb201 (argmax per edge; "
+                        "--space nb201), threshold (FairDARTS: top-2 inputs, kept if σ >= --threshold; sigmoid)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="--derivation threshold's σ")
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset)

@@ -135,6 +135,16 @@ def check_composition(order: type, relaxation: str, regularizers: Sequence[str],
                              f"single-level (one step for both)")
     if aux_skip and space == "nb201":
         raise ValueError("--aux-skip adds DARTS-' skip beside the edges of DARTS-style cells, not nb201's")
+    if aux_skip and issubclass(order, ProgressiveDrnas):
+        raise ValueError(f"--aux-skip: {named} widens its operations between stages, which DARTS-' skip beside "
+                         f"them does not follow")
+    if issubclass(order, FixedAlpha):
+        alpha_only = [t.name for t in build_terms(regularizers) if tuple(t.joins) == ("alpha",)]
+        if alpha_only:
+            raise ValueError(f"--regularizer {alpha_only[0]} joins α's loss only; {named} keeps α fixed (no α step)")
+    if derivation == "threshold" and relaxation != "sigmoid":
+        raise ValueError(f"--derivation threshold keeps an edge whose σ(α) reaches --threshold (FairDARTS); "
+                         f"{named} weighs by {relaxation}: it needs --relaxation sigmoid")
     if derivation not in DERIVATIONS:
         raise ValueError(f"--derivation must be one of {DERIVATIONS}, got {derivation!r}")
     if (derivation == "nb201") != (space == "nb201"):

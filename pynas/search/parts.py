@@ -280,8 +280,8 @@ class RandomSmoothing(Perturbation):
         self.last_noise: Dict[str, torch.Tensor] = {}
 
     def current_epsilon(self, strategy) -> float:
-        epoch = strategy.global_step // strategy.steps_per_epoch
-        return self.epsilon_start + (self.epsilon - self.epsilon_start) * epoch / strategy.config.epochs
+        # Per epoch (epochs done): an epoch's step count may change during a search (SGAS' growing batch).
+        return self.epsilon_start + (self.epsilon - self.epsilon_start) * strategy.epochs_done / strategy.config.epochs
 
     def prepare(self, strategy):
         eps = self.current_epsilon(strategy)
