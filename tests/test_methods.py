@@ -321,6 +321,14 @@ def test_pt_tunes_each_supernet_with_its_own_composition():
     assert float(model.aux_weight) == pytest.approx(0.82)  # β(9) = (50 − 9)/50
     adv = tuned("sdarts-adv", tiny(), epsilon_alpha=0.2)
     assert isinstance(adv.perturbation, AdversarialAttack) and adv.perturbation.current_epsilon(adv) == 0.2
+    from pynas.search.lambda_darts import LambdaDarts
+    from pynas.search.oles import Oles
+
+    assert type(tuned("oles", tiny(), oles_window=5)) is Oles
+    torch.manual_seed(0)
+    four = SearchNetwork(C=4, num_classes=3, layers=4, steps=2, multiplier=2, in_channels=1).double()
+    lam = tuned("lambda-darts", four, lambda_reg=0.5)
+    assert type(lam) is LambdaDarts and lam.lambda_now() == pytest.approx(0.5)  # λ(E − 1) = λ: the last epoch's
 
 
 def test_pt_selection_runs_on_a_darts_minus_supernet(tmp_path, small_digits):

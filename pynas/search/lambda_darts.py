@@ -115,8 +115,11 @@ class LambdaDarts(DartsFirstOrder):
     name = "lambda-darts"
 
     def __init__(self, model, config, steps_per_epoch, loss_fn=F.cross_entropy, lam: float = 0.125,
-                 epsilon0: float = 1e-4, weight_first: Optional[bool] = None, **parts):
+                 epsilon0: float = 1e-4, weight_first: Optional[bool] = None, schedule_epochs: Optional[int] = None,
+                 **parts):
         self.lam = _check_positive(lam, "--lambda", allow_zero=True)
+        # E of λ(e) = λ·e/(E − 1) (None: the config's epochs; DARTS-PT's tuning: the search's).
+        self.schedule_epochs = schedule_epochs
         self.epsilon0 = _check_positive(epsilon0, "--lambda-epsilon", allow_zero=False)
         super().__init__(model, config, steps_per_epoch, loss_fn, **parts)
         self.weight_first = isinstance(model, NB201Network) if weight_first is None else bool(weight_first)
@@ -132,7 +135,7 @@ class LambdaDarts(DartsFirstOrder):
 
     def lambda_now(self) -> float:
         """λ(e) of the epoch being trained (e = epochs done, E = the config's epochs)."""
-        return lambda_at(self.lam, self.epochs_done, self.config.epochs)
+        return lambda_at(self.lam, self.epochs_done, self.schedule_epochs or self.config.epochs)
 
     def step_body(self, train_batch, val_batch, alpha_trains):
         if not self.weight_first:

@@ -132,6 +132,9 @@ def tuning_strategy(cfg, image_size: Optional[int] = None) -> Callable[..., Stra
     if cfg.constraint != "none" and image_size is None:
         raise ValueError("tuning_strategy: SNAS' resource constraint needs `image_size`")
 
+    if cfg.method == "lambda-darts":  # λ·e/(E − 1) over the search's epochs
+        options["schedule_epochs"] = cfg.epochs
+
     def build(model, config, steps):
         strategy = order(model, config, steps, **options)
         strategy.epochs_done = cfg.epochs - 1  # the schedules' last epoch (tuning never ends an epoch)
