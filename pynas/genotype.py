@@ -206,7 +206,7 @@ class Genotype:
             raise ValueError(f"not a genotype in JSON: {quoted(text)} (expected an object with the keys {fields})")
         unknown, missing = sorted(set(data) - set(fields)), [f for f in fields if f not in data]
         if unknown or missing:
-            raise ValueError(f"genotype JSON: " + (f"unknown keys {[quoted(k, 30) for k in unknown[:5]]}" if unknown
+            raise ValueError("genotype JSON: " + (f"unknown keys {[quoted(k, 30) for k in unknown[:5]]}" if unknown
                                                    else f"missing keys {missing}"))
         for name in fields:
             if not isinstance(data[name], list):

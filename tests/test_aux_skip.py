@@ -11,6 +11,7 @@ from pynas.analysis.edge_cost import CostRecorder
 from pynas.bench.search import EagerSupernet, fused_gumbel
 from pynas.nn import SearchCell, SearchNetwork, minimal_cell_network
 from pynas.nn.ops import FactorizedReduce, plain_forms
+from test_partial_channels import node_softmax, pc_darts_channel_shuffle as channel_shuffle  # PC-DARTS written out
 
 RTOL, ATOL = 1e-7, 1e-10
 
@@ -46,19 +47,6 @@ def aux_reference(module, x):
     return x if isinstance(module, nn.Identity) else factorized_reduce(module, x)
 
 
-def channel_shuffle(x, groups):
-    """PC-DARTS' channel_shuffle: view as (groups, C/groups), swap, flatten."""
-    b, c, h, w = x.size()
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
-
-
-def node_softmax(beta, steps, inputs=2):
-    """PC-DARTS' edge normalisation: softmax of β over each node's incoming edges."""
-    out, start = [], 0
-    for k in range(steps):
-        out.append(F.softmax(beta[start:start + inputs + k], dim=-1))
-        start += inputs + k
-    return torch.cat(out)
 
 
 def reference_edge(cell, e, h, w, beta, K=1, scale=None):
