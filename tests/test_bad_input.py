@@ -4,7 +4,6 @@ over, strict parsers, finite options and losses, one error boundary in the CLI."
 import errno
 import json
 import os
-import pickle
 import shutil
 
 import pytest
@@ -13,11 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pynas.cli import main
-from pynas.errors import InputError, NonFiniteError, quoted
+from pynas.errors import InputError, quoted
 from pynas.genotype import DARTS_V2, GENOTYPES, Genotype, NB201Genotype
 from pynas.io import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from pynas.search.config import RunConfig
-from pynas.search.run import SearchRun
 from pynas.select.evaluate import parse_genotype
 from pynas.train import TrainConfig, read_genotype
 

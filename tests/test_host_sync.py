@@ -72,8 +72,6 @@ def test_a_search_step_reads_the_device_at_most_once(method, monkeypatch):
 def test_hard_samples_of_every_cell_type_come_in_one_transfer_and_the_same_as_without_it(method, monkeypatch):
     """The sample drawn ahead (GDAS' weight step draws the next α step's) changes
     nothing: the step sees the samples a per-cell-type transfer would."""
-    from pynas import arch as arch_module
-
     def run(ahead):
         model = network(method)
         strategy = METHODS[method].strategy(model, SearchConfig(epochs=1), 10)

@@ -14,6 +14,7 @@ from pynas.search import (METHODS, AdversarialAttack, AuxSkipDecay, BetaDecay, D
                           SearchConfig, SingleLevel, ZeroOneLoss)
 from pynas.search.config import RunConfig, add_search_arguments, config_from_arguments
 from pynas.search.parts import parse_regularizer
+from test_search import small_digits  # noqa: F401 (a fixture: searches on a slice of the digits)
 
 
 def tiny(relaxation="softmax", space="darts", **kw):
@@ -206,22 +207,6 @@ def test_each_method_is_its_composition():
     for name in ("darts", "darts-2nd", "single-level", "gdas", "dsnas", "fixed", "uniform", "sgas"):
         m = METHODS[name]
         assert not m.regularizers and m.perturbation == "none" and not m.aux_skip
-
-
-@pytest.fixture
-def small_digits(monkeypatch):
-    """Searches on a slice of the digits: the run's logic, not its accuracy, is tested."""
-    from torch.utils.data import Subset
-
-    from pynas.search import run
-
-    search_data = run.search_data
-
-    def small(cfg):
-        train, val, info = search_data(cfg)
-        return Subset(train, range(64)), Subset(val, range(32)), info
-
-    monkeypatch.setattr(run, "search_data", small)
 
 
 def _cli_config(argv):
