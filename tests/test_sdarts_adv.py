@@ -266,11 +266,11 @@ def test_state_dict_reproduces_the_next_random_start():
         strategy.step(batch(30 + i), batch(40 + i))
     state = strategy.state_dict()
     attack.prepare(strategy)
-    following = {t: n.clone() for t, n in attack.start_noise.items()}
+    following = {t: n.clone() for t, n in attack.noise.items()}
     other_strategy, other = strategy_of(tiny(), epsilon=0.3, steps=1, seed=99)
     other_strategy.load_state_dict(state)
     other.prepare(other_strategy)
-    assert all(torch.equal(other.start_noise[t], following[t]) for t in following)
+    assert all(torch.equal(other.noise[t], following[t]) for t in following)
     assert not any(torch.equal(n, following[t]) for t, n in reference_uniforms(model, 99, 0.03).items())
     with pytest.raises(ValueError, match="attack_generator"):
         other.load_state_dict({})

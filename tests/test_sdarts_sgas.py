@@ -68,7 +68,7 @@ def test_sdarts_rs_perturbs_the_weight_step_only_within_epsilon():
             if phase == "arch_step":
                 assert torch.equal(w, clean[t])
             else:
-                noise = strategy.perturbation.last_noise[t]
+                noise = strategy.perturbation.noise[t]
                 assert float(noise.abs().max()) <= eps and float(noise.abs().min()) > 0
                 # the weights after this step's α update, perturbed, clipped and renormalised
                 expected = (updated[t] + noise).clamp(0, 1)

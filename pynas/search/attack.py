@@ -11,17 +11,16 @@ with Ā and restores it after the step; here :meth:`Architecture.replaced` gives
 the forward Ā instead).
 """
 import contextlib
-import math
 from typing import Dict, List, Optional
 
 import torch
 
 from ..arch import _clip_renormalise
-from .parts import Perturbation, check_epsilon
+from .parts import UniformNoise
 from .strategies import _world_size
 
 
-class AdversarialAttack(Perturbation):
+class AdversarialAttack(UniformNoise):
     """SDARTS-ADV's perturbation. In each weight step, with ε(e) = ε_start +
     (ε − ε_start)·e/E (e: epochs done, E: the search's epochs; train_search.py:169-171):
 
@@ -60,38 +59,21 @@ class AdversarialAttack(Perturbation):
 
     name = "adversarial"
 
+    generator_key = "attack_generator"
+
     def __init__(self, epsilon: float = 0.3, epsilon_start: float = 0.03, steps: int = 7, seed: int = 0):
-        if isinstance(epsilon_start, bool) or not isinstance(epsilon_start, (int, float)) \
-                or not math.isfinite(epsilon_start) or not 0 <= epsilon_start <= 1:
-            raise ValueError(f"AdversarialAttack: `epsilon_start` must be in [0, 1], got {epsilon_start!r}")
-        self.epsilon = check_epsilon(epsilon, epsilon_start)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--attack-steps must be an integer >= 1, got {steps!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"AdversarialAttack: `seed` must be an integer, got {seed!r}")
-        self.epsilon_start, self.steps = float(epsilon_start), steps
-        self.generator = torch.Generator().manual_seed(seed)
-        self.start_noise: Dict[str, torch.Tensor] = {}  # U(−ε, ε) of the next attack's random start
-        self.last_epsilon: Optional[float] = None
+        super().__init__(epsilon, epsilon_start, seed)  # self.noise: the next attack's random start
+        self.steps = steps
         self.last_loss_before: Optional[torch.Tensor] = None
         self.last_loss_after: Optional[torch.Tensor] = None
         self.last_reverted: Optional[torch.Tensor] = None
 
-    def current_epsilon(self, strategy) -> float:
-        """ε(e) of the epoch the strategy is in."""
-        return self.epsilon_start + (self.epsilon - self.epsilon_start) * strategy.epochs_done / strategy.config.epochs
-
-    def prepare(self, strategy) -> None:
-        """ε of this step and the random start's uniform noise, drawn on the host."""
-        eps = self.last_epsilon = self.current_epsilon(strategy)
-        arch = strategy.model.arch
-        self.start_noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
-                                - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
-
     @contextlib.contextmanager
     def weight_step(self, strategy, batch):
         """The weight step under Ā, the attack on ``batch`` (the weight step's own)."""
-        if not self.start_noise:  # a weight step run without the strategy's prepare_step
+        if not self.noise:  # a weight step run without the strategy's prepare_step
             self.prepare(strategy)
         attacked = self.attack(strategy, batch)
         with strategy.model.arch.replaced(attacked):
@@ -108,7 +90,7 @@ class AdversarialAttack(Perturbation):
         model.eval()
         try:
             loss_before = self._loss(strategy, batch, clean)
-            current = {t: _clip_renormalise(clean[t] + self.start_noise[t].to(clean[t]), masks[t]) for t in types}
+            current = {t: _clip_renormalise(clean[t] + self.noise[t].to(clean[t]), masks[t]) for t in types}
             step = 2 * eps / self.steps
             for _ in range(self.steps):
                 grads = self._gradient(strategy, batch, current)
@@ -140,21 +122,6 @@ class AdversarialAttack(Perturbation):
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         # A cell type the network never reads (no cell of it) has no gradient: it does not move.
         return _averaged([torch.zeros_like(w) if g is None else g for g, w in zip(grads, leaves.values())])
-
-    def step_inputs(self):
-        return dict(self.start_noise)
-
-    def use_step_inputs(self, inputs):
-        self.start_noise = dict(inputs)
-
-    def state_dict(self):
-        return {"attack_generator": self.generator.get_state()}
-
-    def load_state_dict(self, state):
-        if "attack_generator" not in state:
-            raise ValueError("AdversarialAttack: the checkpoint has no `attack_generator` (it was not saved by a "
-                             "search with --perturbation adversarial)")
-        self.generator.set_state(state["attack_generator"])
 
 
 def _averaged(tensors: List[torch.Tensor]) -> List[torch.Tensor]:

@@ -26,7 +26,6 @@ from .strategies import DartsFirstOrder, DartsSecondOrder, FixedAlpha, SingleLev
 
 PERTURBATIONS = ("none", "random", "adversarial")
 DERIVATIONS = ("darts", "darts-with-none", "snas", "nb201", "threshold")
-SOFT = ("softmax", "sigmoid", "gumbel")
 
 
 @dataclass(frozen=True)

@@ -263,46 +263,62 @@ def check_epsilon(epsilon, epsilon_start: float = 0.03) -> float:
     return float(epsilon)
 
 
-class RandomSmoothing(Perturbation):
-    """SDARTS-RS (Chen & Hsieh 2020; xiangning-chen/SmoothDARTS ``Random_alpha``):
-    the weight step sees softmax(α) plus uniform noise in [−ε, ε], clipped to
-    [0, 1] and renormalised per edge; ε ramps per epoch from ``epsilon_start`` to
-    ``epsilon`` as ε(e) = ε_start + (ε − ε_start)·e/E. The noise is drawn on the
-    CPU from its own generator: the same on every device and rank, and resumable."""
+class UniformNoise(Perturbation):
+    """What SDARTS' two perturbations share: per weight step, uniform noise in
+    [−ε, ε] of α's shape, ε ramping per epoch from ``epsilon_start`` to ``epsilon``
+    as ε(e) = ε_start + (ε − ε_start)·e/E (SmoothDARTS train_search.py:169-171; e:
+    epochs done, since an epoch's step count may change, e.g. SGAS' growing batch).
+    The noise is drawn on the host (:meth:`prepare`), in float64 on the CPU from the
+    part's own generator: the same on every device and rank, and resumable (its
+    state under :attr:`generator_key`)."""
 
-    name = "random"
+    generator_key = "noise_generator"
 
     def __init__(self, epsilon: float = 0.3, epsilon_start: float = 0.03, seed: int = 0):
-        if not 0 <= epsilon_start <= epsilon:
-            raise ValueError(f"--epsilon-alpha must be at least {epsilon_start}, got {epsilon}")
-        self.epsilon, self.epsilon_start = epsilon, epsilon_start
+        if isinstance(epsilon_start, bool) or not isinstance(epsilon_start, (int, float)) \
+                or not math.isfinite(epsilon_start) or not 0 <= epsilon_start <= 1:
+            raise ValueError(f"{type(self).__name__}: `epsilon_start` must be in [0, 1], got {epsilon_start!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{type(self).__name__}: `seed` must be an integer, got {seed!r}")
+        self.epsilon, self.epsilon_start = check_epsilon(epsilon, epsilon_start), float(epsilon_start)
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_noise: Dict[str, torch.Tensor] = {}
+        self.noise: Dict[str, torch.Tensor] = {}  # this step's U(−ε, ε) per cell type
+        self.last_epsilon: Optional[float] = None
 
     def current_epsilon(self, strategy) -> float:
-        # Per epoch (epochs done): an epoch's step count may change during a search (SGAS' growing batch).
         return self.epsilon_start + (self.epsilon - self.epsilon_start) * strategy.epochs_done / strategy.config.epochs
 
     def prepare(self, strategy):
-        eps = self.current_epsilon(strategy)
+        eps = self.last_epsilon = self.current_epsilon(strategy)
         arch = strategy.model.arch
-        self.last_noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
-                               - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
-
-    def weight_step(self, strategy, batch):
-        return strategy.model.arch.noisy(self.last_noise)
+        self.noise = {t: (2 * torch.rand(arch.alphas[t].shape, generator=self.generator, dtype=torch.float64)
+                          - 1).mul_(eps).to(arch.alphas[t]) for t in arch.cell_types}
 
     def step_inputs(self):
-        return dict(self.last_noise)
+        return dict(self.noise)
 
     def use_step_inputs(self, inputs):
-        self.last_noise = dict(inputs)
+        self.noise = dict(inputs)
 
     def state_dict(self):
-        return {"noise_generator": self.generator.get_state()}
+        return {self.generator_key: self.generator.get_state()}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state["noise_generator"])
+        if self.generator_key not in state:
+            raise ValueError(f"{type(self).__name__}: the checkpoint has no `{self.generator_key}` (it was not "
+                             f"saved by a search with --perturbation {self.name})")
+        self.generator.set_state(state[self.generator_key])
+
+
+class RandomSmoothing(UniformNoise):
+    """SDARTS-RS (Chen & Hsieh 2020; xiangning-chen/SmoothDARTS ``Random_alpha``):
+    the weight step sees softmax(α) plus this step's noise, clipped to [0, 1] and
+    renormalised per edge (:meth:`pynas.arch.Architecture.noisy`)."""
+
+    name = "random"
+
+    def weight_step(self, strategy, batch):
+        return strategy.model.arch.noisy(self.noise)
 
 
 # -- DARTS-' auxiliary skip -------------------------------------------------------------
