@@ -196,13 +196,15 @@ def load_run(run_dir: str, epoch: Optional[int] = None):
 
 def restore_structure(model, cfg: RunConfig, info, epochs_done, path: str, strategy=None) -> None:
     """Gives a freshly built supernet (and its ``strategy``, if given) the shapes of the search in ``cfg``
-    after ``epochs_done`` epochs, before ``path``'s checkpoint is loaded into them: DrNAS' widened stages."""
-    if cfg.method != "drnas":
+    after ``epochs_done`` epochs, before ``path``'s checkpoint is loaded into them (an order whose supernet
+    changes shape during the search has ``restore_structure``: DrNAS' widened stages)."""
+    order = METHODS[cfg.method].order
+    if not hasattr(order, "restore_structure"):
         return
     if isinstance(epochs_done, bool) or not isinstance(epochs_done, int):
         raise InputError(f"{path}: its epoch count {epochs_done!r} is not an integer")
     if strategy is None:  # the schedule's own widening, on a throwaway strategy: the weights are loaded after
-        strategy = METHODS[cfg.method].order(model, search_config(cfg), 1, **strategy_options(cfg, info))
+        strategy = order(model, search_config(cfg), 1, **strategy_options(cfg, info))
     try:
         strategy.restore_structure(epochs_done)
     except ValueError as e:
